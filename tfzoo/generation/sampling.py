@@ -1,0 +1,62 @@
+"""Choosing the next token from logits: greedy, temperature, top-k and top-p.
+
+Written with plain TensorFlow ops so that they run inside a compiled (XLA) decode
+loop, in a SavedModel and in TFLite.
+"""
+
+import tensorflow as tf
+
+
+def validate_sampling(max_new_tokens, temperature, top_k, top_p):
+    """Raises a `ValueError` naming the first sampling argument that is out of range."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"`max_new_tokens` must be an integer >= 0. Received: max_new_tokens={max_new_tokens!r}")
+    if temperature is None or not float(temperature) >= 0.0:
+        raise ValueError(
+            f"`temperature` must be >= 0 (0 means greedy). Received: temperature={temperature!r}"
+        )
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"`top_k` must be an integer >= 1 or None. Received: top_k={top_k!r}")
+    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"`top_p` must be in (0, 1]. Received: top_p={top_p!r}")
+
+
+def filter_top_k(logits, top_k):
+    """Keeps the `top_k` largest logits of each row; the rest become -inf."""
+    kth_largest = tf.math.top_k(logits, k=top_k).values[:, -1:]  # (batch, 1)
+    return tf.where(logits < kth_largest, tf.constant(-float("inf"), logits.dtype), logits)
+
+
+def filter_top_p(logits, top_p):
+    """Nucleus filtering: keeps the smallest set of tokens whose probability reaches `top_p`."""
+    sorted_logits = tf.sort(logits, direction="DESCENDING", axis=-1)
+    probabilities = tf.nn.softmax(sorted_logits, axis=-1)
+    # Probability mass strictly before each sorted token; a token is kept while the
+    # mass before it is below top_p, so the most likely token is always kept.
+    mass_before = tf.cumsum(probabilities, axis=-1, exclusive=True)
+    kept = tf.cast(mass_before < top_p, tf.int32)
+    num_kept = tf.maximum(tf.reduce_sum(kept, axis=-1, keepdims=True), 1)  # (batch, 1)
+    threshold = tf.gather(sorted_logits, num_kept - 1, batch_dims=1)  # smallest kept logit
+    return tf.where(logits < threshold, tf.constant(-float("inf"), logits.dtype), logits)
+
+
+def next_token(logits, temperature=0.0, top_k=None, top_p=None, seed=None):
+    """Picks one token per row of `logits` (batch, vocabulary).
+
+    `temperature == 0` is greedy (argmax); otherwise the logits are divided by the
+    temperature, filtered by `top_k` and `top_p` when given, and sampled. `seed` is a
+    `(2,)` int tensor for reproducible (stateless) sampling.
+    """
+    logits = tf.cast(logits, tf.float32)
+    if temperature == 0.0:
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        logits = filter_top_p(logits, top_p)
+    if seed is None:
+        samples = tf.random.categorical(logits, 1, dtype=tf.int32)
+    else:
+        samples = tf.random.stateless_categorical(logits, 1, seed=seed, dtype=tf.int32)
+    return samples[:, 0]

@@ -1,0 +1,224 @@
+"""Multi-head scaled dot-product attention with explicit masks and a key/value cache."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfzoo.layers.positional import PositionalEncoding
+
+
+def causal_mask(query_length, key_length, query_start=0):
+    """Boolean (query, key) mask: query at position `query_start + i` sees keys `<=` it.
+
+    Built from `arange` comparisons on purpose: Keras' `use_causal_mask` emits a
+    strided slice that TFLite cannot run without Flex ops.
+    """
+    query_positions = ops.arange(query_length, dtype="int32")[:, None] + query_start
+    key_positions = ops.arange(key_length, dtype="int32")[None, :]
+    return key_positions <= query_positions  # (query, key)
+
+
+def write_to_cache(cache, update, index):
+    """Writes `update` (batch, new, ...) into `cache` (batch, length, ...) at `index`.
+
+    A gather and a select rather than `dynamic_update_slice`: the same result, but
+    only core ops that TF Serving, TFLite builtins and XLA all have.
+    """
+    cache_length = ops.shape(cache)[1]
+    update_length = ops.shape(update)[1]
+    relative = ops.arange(cache_length, dtype="int32") - ops.cast(index, "int32")  # (length,)
+    inside = ops.logical_and(relative >= 0, relative < update_length)
+    gathered = ops.take(update, ops.clip(relative, 0, update_length - 1), axis=1)
+    inside = ops.reshape(inside, (1, -1) + (1,) * (len(cache.shape) - 2))
+    return ops.where(inside, ops.cast(gathered, cache.dtype), cache)
+
+
+@keras.saving.register_keras_serializable(package="tfzoo")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head attention: `softmax(Q K^T / sqrt(d_k)) V` over several heads.
+
+    Queries come from `query`; keys and values from `value` (cross-attention) or from
+    `query` itself (self-attention). Masks are boolean, `True` where attention is
+    allowed, and are combined: a key padding mask, an explicit attention mask, and a
+    causal mask.
+
+    Args:
+        num_heads: number of attention heads.
+        key_dim: size of each head's queries and keys.
+        value_dim: size of each head's values; defaults to `key_dim`.
+        output_dim: size of the output; defaults to the query's last dimension.
+        dropout: dropout rate on the attention probabilities.
+        use_bias: whether the projections have biases.
+        use_rotary_embedding: rotate queries and keys by their positions (RoPE).
+        max_sequence_length: longest sequence the rotary positions cover.
+        kernel_initializer: initializer of the projection kernels.
+
+    Call arguments:
+        query: `(batch, query_length, dim)`.
+        value: `(batch, key_length, dim)`; `None` for self-attention.
+        key: `(batch, key_length, dim)`; defaults to `value`.
+        key_padding_mask: `(batch, key_length)`, true for real keys. With a cache, it
+            covers the whole cache length.
+        attention_mask: `(batch, query_length, key_length)`, true where allowed.
+        use_causal_mask: whether each query sees only keys at or before its position.
+        cache: `(batch, 2, cache_length, num_heads, head_dim)` keys and values. With
+            `cache_index`, the new keys/values are written at `cache_index` and the
+            query attends over the whole cache; without it, the cache is used as is
+            (precomputed cross-attention keys and values).
+        cache_index: where the first query token sits in the sequence.
+        return_attention_scores: also return the probabilities
+            `(batch, heads, query, key)`.
+
+    Returns:
+        The attention output; then the updated cache if one was given; then the scores
+        if asked for.
+
+    Example:
+    >>> layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    >>> x = np.random.rand(1, 3, 8).astype("float32")
+    >>> layer(x, use_causal_mask=True).shape
+    (1, 3, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        value_dim=None,
+        output_dim=None,
+        dropout=0.0,
+        use_bias=True,
+        use_rotary_embedding=False,
+        max_sequence_length=2048,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for name, value in (("num_heads", num_heads), ("key_dim", key_dim)):
+            if int(value) < 1:
+                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+        self.num_heads = int(num_heads)
+        self.key_dim = int(key_dim)
+        self.value_dim = int(value_dim) if value_dim else self.key_dim
+        self.output_dim = output_dim
+        self.dropout = float(dropout)
+        self.use_bias = use_bias
+        self.use_rotary_embedding = use_rotary_embedding
+        self.max_sequence_length = max_sequence_length
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def _dense(self, units, name):
+        return keras.layers.Dense(
+            units,
+            use_bias=self.use_bias,
+            # A fresh initializer per projection, so that seeded ones don't repeat.
+            kernel_initializer=keras.initializers.get(keras.initializers.serialize(self.kernel_initializer)),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        value_shape = value_shape or query_shape
+        key_shape = key_shape or value_shape
+        self.query_dense = self._dense(self.num_heads * self.key_dim, "query")
+        self.query_dense.build(query_shape)
+        self.key_dense = self._dense(self.num_heads * self.key_dim, "key")
+        self.key_dense.build(key_shape)
+        self.value_dense = self._dense(self.num_heads * self.value_dim, "value")
+        self.value_dense.build(value_shape)
+        self.output_dense = self._dense(self.output_dim or query_shape[-1], "attention_output")
+        self.output_dense.build(tuple(query_shape[:-1]) + (self.num_heads * self.value_dim,))
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        if self.use_rotary_embedding:
+            self.rotary = PositionalEncoding(
+                "rotary", self.max_sequence_length, dtype=self.dtype_policy, name="rotary"
+            )
+
+    def _split_heads(self, x, head_dim):
+        shape = ops.shape(x)
+        return ops.reshape(x, (shape[0], shape[1], self.num_heads, head_dim))  # (batch, seq, heads, head_dim)
+
+    def call(
+        self,
+        query,
+        value=None,
+        key=None,
+        key_padding_mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        cache=None,
+        cache_index=None,
+        return_attention_scores=False,
+        training=None,
+    ):
+        self_attention = value is None
+        value = query if value is None else value
+        key = value if key is None else key
+        query_start = 0 if cache_index is None else cache_index
+
+        queries = self._split_heads(self.query_dense(query), self.key_dim)  # (batch, query, heads, key_dim)
+        if cache is not None and cache_index is None:
+            # Precomputed keys and values (cross-attention during decoding).
+            keys, values = cache[:, 0], cache[:, 1]
+        else:
+            keys = self._split_heads(self.key_dense(key), self.key_dim)  # (batch, key, heads, key_dim)
+            values = self._split_heads(self.value_dense(value), self.value_dim)
+            if self.use_rotary_embedding:
+                queries = self.rotary(queries, start_index=query_start)
+                keys = self.rotary(keys, start_index=query_start if self_attention else 0)
+            if cache is not None:
+                keys = write_to_cache(cache[:, 0], keys, cache_index)  # (batch, cache, heads, key_dim)
+                values = write_to_cache(cache[:, 1], values, cache_index)
+                cache = ops.stack([keys, values], axis=1)
+
+        query_length, key_length = ops.shape(queries)[1], ops.shape(keys)[1]
+        mask = None
+        if use_causal_mask:
+            mask = causal_mask(query_length, key_length, query_start)[None, :, :]  # (1, query, key)
+        if key_padding_mask is not None:
+            padding = ops.cast(key_padding_mask, "bool")[:, None, :]  # (batch, 1, key)
+            mask = padding if mask is None else ops.logical_and(mask, padding)
+        if attention_mask is not None:
+            explicit = ops.cast(attention_mask, "bool")
+            mask = explicit if mask is None else ops.logical_and(mask, explicit)
+
+        scale = 1.0 / np.sqrt(self.key_dim)
+        scores = ops.einsum("bqhd,bkhd->bhqk", queries * ops.cast(scale, queries.dtype), keys)
+        scores = ops.cast(scores, "float32")  # softmax in float32, also under mixed precision
+        if mask is not None:
+            scores = ops.where(mask[:, None, :, :], scores, -1e9)
+        probabilities = ops.softmax(scores, axis=-1)  # (batch, heads, query, key)
+        dropped = self.dropout_layer(ops.cast(probabilities, values.dtype), training=training)
+        context = ops.einsum("bhqk,bkhd->bqhd", dropped, values)  # (batch, query, heads, value_dim)
+        shape = ops.shape(context)
+        context = ops.reshape(context, (shape[0], shape[1], self.num_heads * self.value_dim))
+        output = self.output_dense(context)
+
+        results = (output,)
+        if cache is not None:
+            results += (cache,)
+        if return_attention_scores:
+            results += (probabilities,)
+        return results[0] if len(results) == 1 else results
+
+    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "value_dim": self.value_dim,
+                "output_dim": self.output_dim,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "use_rotary_embedding": self.use_rotary_embedding,
+                "max_sequence_length": self.max_sequence_length,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config
