@@ -10,6 +10,11 @@ The public API, in the order the architecture builds up:
 """
 
 import os
+import sys
+
+if os.path.basename(sys.argv[0]) == "tfzoo":
+    # The command line: keep TensorFlow's C++ start-up messages from burying the output.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # tfzoo is a TensorFlow zoo: pick Keras' TensorFlow backend unless the user chose.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

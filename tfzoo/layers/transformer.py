@@ -5,6 +5,18 @@ import keras
 from tfzoo.layers.attention import MultiHeadAttention
 
 
+def gelu_approximate(x):
+    """GELU with the tanh approximation, as GPT-2 and BERT's original code use."""
+    return keras.activations.gelu(x, approximate=True)
+
+
+def get_activation(activation):
+    """An activation function from a Keras name, "gelu_approximate", or a callable."""
+    if activation == "gelu_approximate":
+        return gelu_approximate
+    return keras.activations.get(activation)
+
+
 @keras.saving.register_keras_serializable(package="tfzoo")
 class TransformerBlock(keras.layers.Layer):
     """Self-attention, optional cross-attention, and a feed-forward network.
@@ -18,7 +30,8 @@ class TransformerBlock(keras.layers.Layer):
         num_heads: attention heads; the input width must be divisible by it.
         intermediate_dim: hidden width of the feed-forward network.
         dropout: dropout rate after each sublayer and on attention probabilities.
-        activation: activation of the feed-forward network.
+        activation: activation of the feed-forward network: a Keras name,
+            "gelu_approximate" (GPT-2, BERT), or a callable.
         normalize_first: pre-norm (True) or post-norm (False).
         causal: whether self-attention is causal (decoders) or not (encoders).
         cross_attention: add a cross-attention sublayer over `encoder_outputs`
@@ -72,7 +85,7 @@ class TransformerBlock(keras.layers.Layer):
         self.num_heads = int(num_heads)
         self.intermediate_dim = int(intermediate_dim)
         self.dropout = float(dropout)
-        self.activation = keras.activations.get(activation)
+        self.activation = activation
         self.normalize_first = normalize_first
         self.causal = causal
         self.cross_attention = cross_attention
@@ -118,7 +131,7 @@ class TransformerBlock(keras.layers.Layer):
             self.cross_attention_norm = self._norm("cross_attention_norm", inputs_shape)
         self.intermediate_dense = keras.layers.Dense(
             self.intermediate_dim,
-            activation=self.activation,
+            activation=get_activation(self.activation),
             kernel_initializer=self._initializer(),
             dtype=self.dtype_policy,
             name="intermediate",
@@ -198,7 +211,9 @@ class TransformerBlock(keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim,
                 "dropout": self.dropout,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": self.activation
+                if isinstance(self.activation, str)
+                else keras.activations.serialize(self.activation),
                 "normalize_first": self.normalize_first,
                 "causal": self.causal,
                 "cross_attention": self.cross_attention,

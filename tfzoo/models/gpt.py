@@ -15,6 +15,11 @@ from tfzoo.layers import PositionalEncoding, TransformerBlock
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
 
 
+class _FunctionCache:
+    def __init__(self):
+        self.functions = {}
+
+
 @keras.saving.register_keras_serializable(package="tfzoo")
 class GPT(keras.Model):
     """A GPT-style causal language model.
@@ -28,7 +33,7 @@ class GPT(keras.Model):
         max_sequence_length: the longest sequence (prompt plus generated tokens).
         dropout: dropout rate in training.
         layer_norm_epsilon: epsilon of every layer norm.
-        activation: feed-forward activation (GPT-2 uses GELU).
+        activation: feed-forward activation; GPT-2's tanh-approximated GELU by default.
         tokenizer: optional in-graph tokenizer (e.g. from `tfzoo.text`); it is saved
             with the model and lets `generate` take and return strings.
 
@@ -58,7 +63,7 @@ class GPT(keras.Model):
         max_sequence_length=1024,
         dropout=0.0,
         layer_norm_epsilon=1e-5,
-        activation="gelu",
+        activation="gelu_approximate",
         tokenizer=None,
         **kwargs,
     ):
@@ -78,7 +83,8 @@ class GPT(keras.Model):
                 f"`hidden_dim` must be divisible by `num_heads`. Received: hidden_dim={hidden_dim}, "
                 f"num_heads={num_heads}"
             )
-        if tokenizer is not None and tokenizer.vocabulary_size() > vocabulary_size:
+        # (A tokenizer being loaded from a .keras file gets its vocabulary later.)
+        if getattr(tokenizer, "vocabulary", None) is not None and tokenizer.vocabulary_size() > vocabulary_size:
             raise ValueError(
                 f"The tokenizer has {tokenizer.vocabulary_size()} tokens but the model only "
                 f"vocabulary_size={vocabulary_size}."
@@ -117,7 +123,9 @@ class GPT(keras.Model):
             for index in range(num_layers)
         ]
         self.final_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="final_norm")
-        self._compiled_generators = {}
+        # Compiled generate functions by sampling setup. Held in a plain object so that
+        # neither Keras nor SavedModel tries to track (and save) them.
+        self._compiled_generators = _FunctionCache()
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -220,14 +228,22 @@ class GPT(keras.Model):
         )
         return self._logits(hidden)[:, 0, :], caches
 
-    def generate_token_ids(self, token_ids, pad_counts, max_new_tokens, capacity,
+    def generate_token_ids(self, token_ids, pad_counts, max_new_tokens, capacity, cache_length=None,
                            temperature=0.0, top_k=None, top_p=None, stop_token_ids=(), seed=None):
         """The graph-friendly core of `generate`: left-padded ids in, new ids out.
 
+        Args:
+            token_ids: `(batch, prompt)` left-padded prompts; `pad_counts` `(batch,)`.
+            max_new_tokens: how many tokens to add (int or scalar tensor).
+            capacity: static size of the output buffer, `>= max_new_tokens`.
+            cache_length: length of the key/value cache; at least prompt plus new
+                tokens. Defaults to prompt length + `capacity` (static shapes, for XLA).
+
         Returns `(tokens (batch, capacity), lengths (batch,))`.
         """
-        prompt_length = token_ids.shape[1]
-        cache_length = prompt_length + capacity
+        prompt_length = tf.shape(token_ids)[1]
+        if cache_length is None:
+            cache_length = token_ids.shape[1] + capacity
         logits, caches, key_mask = self.prefill(token_ids, pad_counts, cache_length)
 
         def step(token, index, caches):
@@ -242,17 +258,17 @@ class GPT(keras.Model):
     def _generator(self, capacity, temperature, top_k, top_p, stop_token_ids, jit_compile):
         """A compiled generate function per sampling setup, kept so calls don't retrace."""
         key = (capacity, temperature, top_k, top_p, stop_token_ids, jit_compile)
-        if key not in self._compiled_generators:
+        if key not in self._compiled_generators.functions:
 
             @tf.function(jit_compile=jit_compile, reduce_retracing=True)
             def generate_compiled(token_ids, pad_counts, max_new_tokens, seed):
                 return self.generate_token_ids(
-                    token_ids, pad_counts, max_new_tokens, capacity, temperature, top_k, top_p,
-                    stop_token_ids, seed,
+                    token_ids, pad_counts, max_new_tokens, capacity, temperature=temperature,
+                    top_k=top_k, top_p=top_p, stop_token_ids=stop_token_ids, seed=seed,
                 )
 
-            self._compiled_generators[key] = generate_compiled
-        return self._compiled_generators[key]
+            self._compiled_generators.functions[key] = generate_compiled
+        return self._compiled_generators.functions[key]
 
     def _prompt_token_ids(self, prompts):
         if isinstance(prompts, str):
@@ -267,7 +283,8 @@ class GPT(keras.Model):
             for position, prompt in enumerate(prompts):
                 if not prompt:
                     raise ValueError(f"Prompt {position} is an empty string: give at least one character.")
-            token_lists = self.tokenizer(tf.constant(prompts)).to_list()
+            # keras-hub tokenizers return Python lists when called eagerly.
+            token_lists = [list(ids) for ids in self.tokenizer(prompts)]
         else:
             token_lists = [np.asarray(prompt).reshape(-1).tolist() for prompt in prompts]
         for position, ids in enumerate(token_lists):
@@ -327,12 +344,14 @@ class GPT(keras.Model):
                 token_lists, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed
             )
         if strings:
-            return [
-                self.tokenizer.detokenize(tf.constant(ids or [], tf.int32)).numpy().decode("utf-8", "replace")
-                if ids else ""
-                for ids in new_tokens
-            ]
+            return [self._detokenize(ids) for ids in new_tokens]
         return new_tokens
+
+    def _detokenize(self, token_ids):
+        if not token_ids:
+            return ""
+        text = self.tokenizer.detokenize([token_ids])[0]
+        return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
 
     def _generate_cached(self, token_lists, max_new_tokens, temperature, top_k, top_p,
                          stop_token_ids, seed, jit_compile):

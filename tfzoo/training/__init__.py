@@ -1,0 +1,13 @@
+"""Training recipes and callbacks."""
+
+from tfzoo.training.callbacks import EpochCheckpoint, TextSamples, latest_checkpoint, restore_latest
+from tfzoo.training.recipes import GPTTrainingConfig, train_gpt
+
+__all__ = [
+    "EpochCheckpoint",
+    "GPTTrainingConfig",
+    "TextSamples",
+    "latest_checkpoint",
+    "restore_latest",
+    "train_gpt",
+]

@@ -1,0 +1,174 @@
+"""The `tfzoo` command line: train, generate, export.
+
+    tfzoo train gpt                       # train on Python's docstrings, export, generate
+    tfzoo generate --model runs/gpt "def " --max-new-tokens 40
+    tfzoo export --model runs/gpt/model.keras --name gpt
+"""
+
+import argparse
+import os
+import sys
+
+DESCRIPTION = "tfzoo: readable Transformers for Keras 3 / TensorFlow."
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_sampling(parser):
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens to add (default 48)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def build_parser():
+    from tfzoo.training.recipes import GPTTrainingConfig
+
+    defaults = GPTTrainingConfig()
+    parser = argparse.ArgumentParser(prog="tfzoo", description=DESCRIPTION)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model")
+    families = train.add_subparsers(dest="family", required=True)
+    gpt = families.add_parser("gpt", help="a GPT causal language model")
+    gpt.add_argument("--corpus", nargs="*", default=[], metavar="FILE",
+                     help="UTF-8 text files (default: the Python standard library's docstrings)")
+    gpt.add_argument("--preset", default=defaults.preset, help=f"model shape (default {defaults.preset})")
+    gpt.add_argument("--vocabulary-size", type=_positive_int, default=defaults.vocabulary_size)
+    gpt.add_argument("--sequence-length", type=_positive_int, default=defaults.sequence_length)
+    gpt.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    gpt.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
+    gpt.add_argument("--steps-per-epoch", type=_positive_int, default=defaults.steps_per_epoch)
+    gpt.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    gpt.add_argument("--max-corpus-characters", type=_positive_int, default=defaults.max_corpus_characters)
+    gpt.add_argument("--run-dir", default=defaults.run_dir, help="checkpoints, logs and model.keras")
+    gpt.add_argument("--export-root", default="savedmodels", help="SavedModel export root")
+    gpt.add_argument("--name", default="gpt", help="exported model name")
+    gpt.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    gpt.add_argument("--quick", action="store_true",
+                     help="a tiny model and a few steps: checks the whole path in about a minute")
+
+    generate = commands.add_parser("generate", help="continue prompts with a trained GPT")
+    generate.add_argument("prompts", nargs="+", help="one or more prompts")
+    generate.add_argument("--model", required=True,
+                          help="a .keras file, a run folder (uses its model.keras or newest checkpoint), "
+                               "or an exported SavedModel folder")
+    _add_sampling(generate)
+
+    export = commands.add_parser("export", help="export a trained GPT as a SavedModel")
+    export.add_argument("--model", required=True, help="a .keras file or a run folder")
+    export.add_argument("--export-root", default="savedmodels")
+    export.add_argument("--name", default="gpt")
+    export.add_argument("--version", type=_positive_int, default=None, help="default: the next free version")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    return parser
+
+
+def resolve_keras_model_path(path):
+    """A `.keras` file from a file path or a run folder (its model.keras, else the newest checkpoint)."""
+    from tfzoo.training.callbacks import latest_checkpoint
+
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        final = os.path.join(path, "model.keras")
+        if os.path.isfile(final):
+            return final
+        checkpoint, _ = latest_checkpoint(os.path.join(path, "checkpoints"))
+        if checkpoint:
+            return checkpoint
+    raise ValueError(f"No model found at {path!r}: expected a .keras file or a run folder with model.keras.")
+
+
+def load_gpt(path):
+    import keras
+
+    import tfzoo  # noqa: F401  registers tfzoo's classes for deserialization
+
+    return keras.models.load_model(resolve_keras_model_path(path), compile=False)
+
+
+def generate_with_saved_model(path, prompts, max_new_tokens):
+    """Greedy continuation of `prompts` by an exported SavedModel (TensorFlow only)."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  registers the tokenizer ops the export uses
+
+    loaded = tf.saved_model.load(path)
+    outputs = loaded.signatures["generate"](
+        prompts=tf.constant(prompts), max_new_tokens=tf.constant(max_new_tokens, tf.int32)
+    )
+    return [text.decode("utf-8", "replace") for text in outputs["text"].numpy()]
+
+
+def command_train(args):
+    from tfzoo.export import export_gpt
+    from tfzoo.training import GPTTrainingConfig, train_gpt
+
+    config = GPTTrainingConfig(
+        corpus=args.corpus, preset=args.preset, vocabulary_size=args.vocabulary_size,
+        sequence_length=args.sequence_length, batch_size=args.batch_size, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate,
+        max_corpus_characters=args.max_corpus_characters, run_dir=args.run_dir,
+    )
+    if args.quick:
+        config.preset, config.vocabulary_size, config.sequence_length = "gpt_test", 512, 64
+        config.batch_size, config.epochs, config.steps_per_epoch = 8, 2, 5
+        config.max_corpus_characters = min(config.max_corpus_characters, 200_000)
+        config.warmup_steps = 2
+    model, _ = train_gpt(config)
+    prompts = config.sample_prompts
+    if args.no_export:
+        for prompt, text in zip(prompts, model.generate(prompts, max_new_tokens=48)):
+            print(f"{prompt}{text}")
+        return 0
+    path = export_gpt(model, args.export_root, args.name)
+    print(f"exported SavedModel: {path}")
+    print("greedy continuations from the exported SavedModel:")
+    for prompt, text in zip(prompts, generate_with_saved_model(path, prompts, 48)):
+        print(f"  {prompt}{text}")
+    return 0
+
+
+def command_generate(args):
+    if os.path.isfile(os.path.join(args.model, "saved_model.pb")):
+        if args.temperature or args.top_k or args.top_p:
+            raise ValueError("The SavedModel's generate signature is greedy: drop --temperature/--top-k/--top-p.")
+        texts = generate_with_saved_model(args.model, args.prompts, args.max_new_tokens)
+    else:
+        model = load_gpt(args.model)
+        texts = model.generate(
+            args.prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        )
+    for prompt, text in zip(args.prompts, texts):
+        print(f"{prompt}{text}")
+    return 0
+
+
+def command_export(args):
+    from tfzoo.export import export_gpt
+
+    model = load_gpt(args.model)
+    path = export_gpt(model, args.export_root, args.name, args.version, args.overwrite)
+    print(f"exported SavedModel: {path}")
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    handlers = {"train": command_train, "generate": command_generate, "export": command_export}
+    try:
+        return handlers[args.command](args)
+    except ValueError as error:
+        print(f"tfzoo: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
