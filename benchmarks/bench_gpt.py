@@ -50,7 +50,7 @@ SETTINGS = {
         prompt_length=32,
         new_tokens=64,
         generate_batch_sizes=(1, 8),
-        generate_calls=5,  # timed calls per round, after the first (compiling) call
+        generate_calls=7,  # timed calls per round, after the first (compiling) call
         rounds=3,
     ),
     "quick": dict(

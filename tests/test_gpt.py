@@ -11,16 +11,9 @@ from tfzoo import GPT
 from tfzoo.models import GPT_PRESETS
 
 
-@pytest.fixture(scope="module")
-def trained_model():
-    """A tiny GPT fitted for a few steps on a repeating pattern, so greedy decoding is not degenerate."""
-    keras.utils.set_random_seed(1)
-    model = GPT.from_preset("gpt_test", tokenizer=tiny_tokenizer())
-    model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    stream = np.tile(np.arange(5, 45), 40)
-    windows = stream[: 32 * 33].reshape(32, 33)
-    model.fit(windows[:, :-1], windows[:, 1:], epochs=6, batch_size=8, verbose=0)
-    return model
+@pytest.fixture
+def trained_model(trained_gpt):
+    return trained_gpt
 
 
 def test_logits_equal_keras_hub_gpt2_on_the_same_weights():

@@ -625,11 +625,6 @@ def test_cross_attention_block_self_cache_matches_uncached(rng):
     assert_close(np.concatenate(outputs, axis=1), full)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TransformerBlock wraps the (output, cache) tuple that MultiHeadAttention returns "
-    "with a cache in another tuple, so `cross_attention_cache` crashes (TransformerBlock.call, the nested `cross_attention` function)",
-)
 def test_block_cross_attention_cache_matches_encoder_outputs(rng):
     block = TransformerBlock(num_heads=2, intermediate_dim=12, causal=True, cross_attention=True,
                              normalize_first=True)

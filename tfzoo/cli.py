@@ -39,15 +39,17 @@ def build_parser():
     gpt = families.add_parser("gpt", help="a GPT causal language model")
     gpt.add_argument("--corpus", nargs="*", default=[], metavar="FILE",
                      help="UTF-8 text files (default: the Python standard library's docstrings)")
-    gpt.add_argument("--preset", default=defaults.preset, help=f"model shape (default {defaults.preset})")
-    gpt.add_argument("--vocabulary-size", type=_positive_int, default=defaults.vocabulary_size)
-    gpt.add_argument("--sequence-length", type=_positive_int, default=defaults.sequence_length)
-    gpt.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
-    gpt.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
-    gpt.add_argument("--steps-per-epoch", type=_positive_int, default=defaults.steps_per_epoch)
-    gpt.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    gpt.add_argument("--max-corpus-characters", type=_positive_int, default=defaults.max_corpus_characters)
-    gpt.add_argument("--run-dir", default=defaults.run_dir, help="checkpoints, logs and model.keras")
+    # Options left unset take the defaults of GPTTrainingConfig, or of QUICK with --quick.
+    gpt.add_argument("--preset", help=f"model shape (default {defaults.preset})")
+    gpt.add_argument("--vocabulary-size", type=_positive_int, help=f"default {defaults.vocabulary_size}")
+    gpt.add_argument("--sequence-length", type=_positive_int, help=f"default {defaults.sequence_length}")
+    gpt.add_argument("--batch-size", type=_positive_int, help=f"default {defaults.batch_size}")
+    gpt.add_argument("--epochs", type=_positive_int, help=f"default {defaults.epochs}")
+    gpt.add_argument("--steps-per-epoch", type=_positive_int, help=f"default {defaults.steps_per_epoch}")
+    gpt.add_argument("--learning-rate", type=float, help=f"default {defaults.learning_rate}")
+    gpt.add_argument("--max-corpus-characters", type=_positive_int,
+                     help=f"cap on the built-in corpus (default {defaults.max_corpus_characters:,})")
+    gpt.add_argument("--run-dir", help=f"checkpoints, logs and model.keras (default {defaults.run_dir})")
     gpt.add_argument("--export-root", default="savedmodels", help="SavedModel export root")
     gpt.add_argument("--name", default="gpt", help="exported model name")
     gpt.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
@@ -106,21 +108,20 @@ def generate_with_saved_model(path, prompts, max_new_tokens):
     return [text.decode("utf-8", "replace") for text in outputs["text"].numpy()]
 
 
+# --quick: the whole path (corpus, tokenizer, fit, checkpoints, export) in about a minute.
+QUICK = dict(preset="gpt_test", vocabulary_size=512, sequence_length=64, batch_size=8, epochs=2,
+             steps_per_epoch=5, warmup_steps=2, max_corpus_characters=200_000, run_dir="runs/gpt_quick")
+TRAINING_OPTIONS = ("preset", "vocabulary_size", "sequence_length", "batch_size", "epochs", "steps_per_epoch",
+                    "learning_rate", "max_corpus_characters", "run_dir")
+
+
 def command_train(args):
     from tfzoo.export import export_gpt
     from tfzoo.training import GPTTrainingConfig, train_gpt
 
-    config = GPTTrainingConfig(
-        corpus=args.corpus, preset=args.preset, vocabulary_size=args.vocabulary_size,
-        sequence_length=args.sequence_length, batch_size=args.batch_size, epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate,
-        max_corpus_characters=args.max_corpus_characters, run_dir=args.run_dir,
-    )
-    if args.quick:
-        config.preset, config.vocabulary_size, config.sequence_length = "gpt_test", 512, 64
-        config.batch_size, config.epochs, config.steps_per_epoch = 8, 2, 5
-        config.max_corpus_characters = min(config.max_corpus_characters, 200_000)
-        config.warmup_steps = 2
+    settings = dict(QUICK) if args.quick else {}
+    settings.update({name: getattr(args, name) for name in TRAINING_OPTIONS if getattr(args, name) is not None})
+    config = GPTTrainingConfig(corpus=args.corpus, **settings)
     model, _ = train_gpt(config)
     prompts = config.sample_prompts
     if args.no_export:
@@ -129,9 +130,9 @@ def command_train(args):
         return 0
     path = export_gpt(model, args.export_root, args.name)
     print(f"exported SavedModel: {path}")
-    print("greedy continuations from the exported SavedModel:")
+    print("Greedy continuations from the exported SavedModel (prompt in brackets):")
     for prompt, text in zip(prompts, generate_with_saved_model(path, prompts, 48)):
-        print(f"  {prompt}{text}")
+        print(f"[{prompt}]{text}\n")
     return 0
 
 

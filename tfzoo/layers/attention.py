@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from tfzoo.layers.positional import PositionalEncoding
+from tfzoo.validation import dropout_rate, positive_int
 
 
 def causal_mask(query_length, key_length, query_start=0):
@@ -38,7 +39,8 @@ class MultiHeadAttention(keras.layers.Layer):
     """Multi-head attention: `softmax(Q K^T / sqrt(d_k)) V` over several heads.
 
     Queries come from `query`; keys and values from `value` (cross-attention) or from
-    `query` itself (self-attention). Masks are boolean, `True` where attention is
+    `query` itself (self-attention, `value=None`: rotary positions and the cache index
+    apply to keys only then). Masks are boolean, `True` where attention is
     allowed, and are combined: a key padding mask, an explicit attention mask, and a
     causal mask.
 
@@ -94,16 +96,11 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for name, value in (("num_heads", num_heads), ("key_dim", key_dim)):
-            if int(value) < 1:
-                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-        self.num_heads = int(num_heads)
-        self.key_dim = int(key_dim)
-        self.value_dim = int(value_dim) if value_dim else self.key_dim
-        self.output_dim = output_dim
-        self.dropout = float(dropout)
+        self.num_heads = positive_int("num_heads", num_heads)
+        self.key_dim = positive_int("key_dim", key_dim)
+        self.value_dim = positive_int("value_dim", value_dim) if value_dim else self.key_dim
+        self.output_dim = positive_int("output_dim", output_dim) if output_dim else None
+        self.dropout = dropout_rate("dropout", dropout)
         self.use_bias = use_bias
         self.use_rotary_embedding = use_rotary_embedding
         self.max_sequence_length = max_sequence_length

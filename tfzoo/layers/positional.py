@@ -9,6 +9,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfzoo.validation import positive_int
+
 KINDS = ("sinusoidal", "learned", "rotary")
 
 
@@ -80,12 +82,8 @@ class PositionalEncoding(keras.layers.Layer):
         super().__init__(**kwargs)
         if kind not in KINDS:
             raise ValueError(f"`kind` must be one of {KINDS}. Received: kind={kind!r}")
-        if int(max_sequence_length) < 1:
-            raise ValueError(
-                f"`max_sequence_length` must be a positive integer. Received: {max_sequence_length!r}"
-            )
         self.kind = kind
-        self.max_sequence_length = int(max_sequence_length)
+        self.max_sequence_length = positive_int("max_sequence_length", max_sequence_length)
         self.max_wavelength = float(max_wavelength)
 
     def build(self, inputs_shape):
@@ -93,6 +91,11 @@ class PositionalEncoding(keras.layers.Layer):
         if feature_dim is None or feature_dim % 2:
             raise ValueError(
                 f"PositionalEncoding needs an even, known last dimension. Received shape {inputs_shape}"
+            )
+        if self.kind == "rotary" and len(inputs_shape) != 4:
+            raise ValueError(
+                "Rotary encoding applies to queries or keys shaped (batch, sequence, heads, head_dim). "
+                f"Received shape {inputs_shape}"
             )
         if self.kind == "learned":
             self.position_embeddings = self.add_weight(

@@ -3,6 +3,7 @@
 import keras
 
 from tfzoo.layers.attention import MultiHeadAttention
+from tfzoo.validation import dropout_rate, positive_int
 
 
 def gelu_approximate(x):
@@ -76,15 +77,9 @@ class TransformerBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if int(num_heads) < 1:
-            raise ValueError(f"`num_heads` must be a positive integer. Received: num_heads={num_heads!r}")
-        if int(intermediate_dim) < 1:
-            raise ValueError(
-                f"`intermediate_dim` must be a positive integer. Received: intermediate_dim={intermediate_dim!r}"
-            )
-        self.num_heads = int(num_heads)
-        self.intermediate_dim = int(intermediate_dim)
-        self.dropout = float(dropout)
+        self.num_heads = positive_int("num_heads", num_heads)
+        self.intermediate_dim = positive_int("intermediate_dim", intermediate_dim)
+        self.dropout = dropout_rate("dropout", dropout)
         self.activation = activation
         self.normalize_first = normalize_first
         self.causal = causal
@@ -181,15 +176,15 @@ class TransformerBlock(keras.layers.Layer):
                 raise ValueError("This block has cross-attention: pass `encoder_outputs`.")
 
             def cross_attention(x):
-                return (
-                    self.cross_attention_layer(
-                        x,
-                        value=encoder_outputs,
-                        key_padding_mask=encoder_padding_mask,
-                        cache=cross_attention_cache,
-                        training=training,
-                    ),
+                result = self.cross_attention_layer(
+                    x,
+                    value=encoder_outputs,
+                    key_padding_mask=encoder_padding_mask,
+                    cache=cross_attention_cache,
+                    training=training,
                 )
+                # With a (precomputed, read-only) cache the layer also returns it: drop it.
+                return (result[0] if cross_attention_cache is not None else result,)
 
             x, = self._residual(x, self.cross_attention_norm, cross_attention, training)
 

@@ -13,6 +13,7 @@ from tfzoo.generation import decode_loop, left_pad, next_token, validate_samplin
 from tfzoo.generation.decoding import round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
+from tfzoo.validation import dropout_rate, positive_int
 
 
 class _FunctionCache:
@@ -76,8 +77,7 @@ class GPT(keras.Model):
             ("intermediate_dim", intermediate_dim),
             ("max_sequence_length", max_sequence_length),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+            positive_int(name, value)
         if hidden_dim % num_heads:
             raise ValueError(
                 f"`hidden_dim` must be divisible by `num_heads`. Received: hidden_dim={hidden_dim}, "
@@ -95,7 +95,7 @@ class GPT(keras.Model):
         self.hidden_dim = int(hidden_dim)
         self.intermediate_dim = int(intermediate_dim)
         self.max_sequence_length = int(max_sequence_length)
-        self.dropout = float(dropout)
+        self.dropout = dropout_rate("dropout", dropout)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.activation = activation
         self.tokenizer = tokenizer

@@ -1,0 +1,85 @@
+"""SavedModel export: runs in a fresh process with TensorFlow and tensorflow-text only."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.helpers import run_python
+from tfzoo.export import existing_versions, export_gpt, version_folder
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["Return the number", "If", "This module provides functions"]
+
+
+@pytest.fixture(scope="module")
+def exported(trained_gpt, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("savedmodels"))
+    return trained_gpt, root, export_gpt(trained_gpt, root, "gpt")
+
+
+def test_fresh_process_generates_the_same_greedy_tokens(exported):
+    model, _, path = exported
+    code = f"""
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # the tokenizer's ops
+loaded = tf.saved_model.load({path!r})
+outputs = loaded.signatures["generate"](prompts=tf.constant({PROMPTS!r}), max_new_tokens=tf.constant(12))
+lengths = outputs["lengths"].numpy().tolist()
+ids = [row[:n] for row, n in zip(outputs["token_ids"].numpy().tolist(), lengths)]
+texts = [t.decode("utf-8") for t in outputs["text"].numpy()]
+logits = loaded.signatures["serving_default"](token_ids=tf.constant([[5, 6, 7, 8]]))["logits"]
+print(json.dumps({{"ids": ids, "texts": texts, "logits": logits.numpy().tolist(),
+                  "foreign": sorted(m for m in sys.modules if m.split(".")[0] in ("tfzoo", "keras_hub"))}}))
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outputs["foreign"] == []  # nothing of ours, nor keras-hub, was imported
+    expected_ids = model.generate(PROMPTS, max_new_tokens=12) and [
+        model.generate([list(model.tokenizer(p))], max_new_tokens=12)[0] for p in PROMPTS
+    ]
+    assert outputs["ids"] == expected_ids
+    assert outputs["texts"] == model.generate(PROMPTS, max_new_tokens=12)
+    assert any(len(ids) > 3 for ids in expected_ids)  # not a trivially empty comparison
+    np.testing.assert_allclose(outputs["logits"], model(np.array([[5, 6, 7, 8]])), atol=1e-5)
+
+
+def test_saved_model_cli_lists_the_signatures(exported):
+    _, _, path = exported
+    cli = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(os.sys.executable), "saved_model_cli")
+    result = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    for expected in ("signature_def['generate']", "signature_def['serving_default']", "prompts", "max_new_tokens"):
+        assert expected in result.stdout
+
+
+def test_versions_increment_and_existing_versions_are_never_clobbered(exported, tmp_path):
+    model, root, path = exported
+    assert path.endswith(os.path.join("gpt", "1"))
+    assert existing_versions(root, "gpt") == [1]
+    assert version_folder(root, "gpt").endswith(os.path.join("gpt", "2"))
+    with pytest.raises(ValueError, match="Version 1 of 'gpt' already exists"):
+        export_gpt(model, root, "gpt", version=1)
+    marker = os.path.join(path, "marker")
+    open(marker, "w").close()
+    export_gpt(model, root, "gpt", version=1, overwrite=True)
+    assert not os.path.exists(marker)  # replaced as a whole
+    with pytest.raises(ValueError, match="version=0"):
+        version_folder(root, "gpt", version=0)
+
+
+def test_export_refuses_a_model_without_tokenizer_or_unbuilt(tmp_path):
+    from tests.helpers import tiny_tokenizer
+    from tfzoo import GPT
+
+    with pytest.raises(ValueError, match="no tokenizer"):
+        export_gpt(GPT.from_preset("gpt_test"), str(tmp_path), "gpt")
+    with pytest.raises(ValueError, match="not built"):
+        export_gpt(GPT.from_preset("gpt_test", tokenizer=tiny_tokenizer()), str(tmp_path), "gpt")
