@@ -1,5 +1,6 @@
 """The `tfzoo` command end to end: train, TensorBoard logs, resume after SIGKILL, generate, export, errors."""
 
+import io
 import json
 import os
 import signal
@@ -8,10 +9,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 
+import h5py
 import pytest
 
 from tests.helpers import REPO, run_cli
+from tfzoo.training import latest_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +33,8 @@ def quick_run(tmp_path_factory):
 def test_quick_training_checkpoints_exports_and_generates(quick_run):
     run_dir, export_root, stdout = quick_run
     assert "Python standard library docstrings" in stdout
-    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["epoch_001.keras", "epoch_002.keras"]
+    # One checkpoint per epoch (5 steps each), named by optimizer step.
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["step_0000005.keras", "step_0000010.keras"]
     assert os.path.isfile(os.path.join(run_dir, "model.keras"))
     assert os.path.isfile(os.path.join(export_root, "gpt", "1", "saved_model.pb"))
     assert "Greedy continuations from the exported SavedModel" in stdout
@@ -39,7 +44,7 @@ def test_quick_training_checkpoints_exports_and_generates(quick_run):
 def test_generate_from_a_run_folder_a_checkpoint_and_a_saved_model(quick_run):
     run_dir, export_root, _ = quick_run
     from_run = run_cli("generate", "--model", run_dir, "If the", "--max-new-tokens", "10")
-    from_checkpoint = run_cli("generate", "--model", os.path.join(run_dir, "checkpoints", "epoch_002.keras"),
+    from_checkpoint = run_cli("generate", "--model", os.path.join(run_dir, "checkpoints", "step_0000010.keras"),
                               "If the", "--max-new-tokens", "10")
     from_export = run_cli("generate", "--model", os.path.join(export_root, "gpt", "1"), "If the",
                           "--max-new-tokens", "10")
@@ -98,33 +103,43 @@ def test_a_real_tensorboard_serves_loss_perplexity_learning_rate_and_samples(qui
         server.wait(timeout=30)
 
 
-def test_training_resumes_after_sigkill(tmp_path):
+def optimizer_steps(keras_file):
+    """The optimizer's step counter stored in a .keras file (read without Keras)."""
+    with zipfile.ZipFile(keras_file) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights:
+        return int(weights["optimizer/vars/0"][()])
+
+
+def test_training_resumes_mid_epoch_after_sigkill_and_runs_only_the_planned_steps(tmp_path):
     run_dir = str(tmp_path / "run")
-    command = [sys.executable, "-m", "tfzoo.cli", "train", "gpt", "--quick", "--epochs", "3",
-               "--steps-per-epoch", "150", "--run-dir", run_dir, "--no-export"]
+    command = [sys.executable, "-m", "tfzoo.cli", "train", "gpt", "--quick", "--epochs", "2",
+               "--steps-per-epoch", "200", "--checkpoint-every", "50", "--run-dir", run_dir, "--no-export"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = os.path.join(run_dir, "checkpoints", "epoch_001.keras")
+    checkpoint = os.path.join(run_dir, "checkpoints", "step_0000050.keras")
     deadline = time.time() + 300
     try:
         while not os.path.exists(checkpoint):
             assert first.poll() is None, "training ended before its first checkpoint"
             assert time.time() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.1)
-        first.send_signal(signal.SIGKILL)  # mid-epoch 2: no chance to clean up
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)  # mid-epoch 1: no chance to clean up
         first.wait(timeout=30)
     finally:
         if first.poll() is None:
             first.kill()
     assert not os.path.exists(os.path.join(run_dir, "model.keras"))
+    _, resumed_from = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    assert 50 <= resumed_from < 400
+    assert not [name for name in os.listdir(os.path.join(run_dir, "checkpoints")) if not name.startswith("step_")
+                and not name.startswith(".writing")]
 
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming from" in second.stdout and "(1 of 3 epochs done)" in second.stdout
-    assert "Epoch 1/3" not in second.stdout and "Epoch 3/3" in second.stdout
-    assert os.path.isfile(os.path.join(run_dir, "model.keras"))
-    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == [
-        "epoch_001.keras", "epoch_002.keras", "epoch_003.keras"]
+    assert f"(step {resumed_from})" in second.stdout
+    assert "Epoch 2/2" in second.stdout
+    # Exactly the planned 2 x 200 optimizer steps, not a restart and not an extra partial epoch.
+    assert optimizer_steps(os.path.join(run_dir, "model.keras")) == 400
+    assert latest_checkpoint(os.path.join(run_dir, "checkpoints"))[1] == 400
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,8 @@ def build_parser():
     gpt.add_argument("--epochs", type=_positive_int, help=f"default {defaults.epochs}")
     gpt.add_argument("--steps-per-epoch", type=_positive_int, help=f"default {defaults.steps_per_epoch}")
     gpt.add_argument("--learning-rate", type=float, help=f"default {defaults.learning_rate}")
+    gpt.add_argument("--checkpoint-every", type=_positive_int,
+                     help="also checkpoint every N steps, for resuming mid-epoch (default: epoch ends only)")
     gpt.add_argument("--max-corpus-characters", type=_positive_int,
                      help=f"cap on the built-in corpus (default {defaults.max_corpus_characters:,})")
     gpt.add_argument("--run-dir", help=f"checkpoints, logs and model.keras (default {defaults.run_dir})")
@@ -124,7 +126,7 @@ def generate_with_saved_model(path, prompts, max_new_tokens):
 QUICK = dict(preset="gpt_test", vocabulary_size=512, sequence_length=64, batch_size=8, epochs=2,
              steps_per_epoch=5, warmup_steps=2, max_corpus_characters=200_000, run_dir="runs/gpt_quick")
 TRAINING_OPTIONS = ("preset", "vocabulary_size", "sequence_length", "batch_size", "epochs", "steps_per_epoch",
-                    "learning_rate", "max_corpus_characters", "run_dir")
+                    "learning_rate", "max_corpus_characters", "run_dir", "checkpoint_every")
 
 
 def command_train(args):

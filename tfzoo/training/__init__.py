@@ -1,11 +1,11 @@
 """Training recipes and callbacks."""
 
-from tfzoo.training.callbacks import EpochCheckpoint, TextSamples, latest_checkpoint, restore_latest
+from tfzoo.training.callbacks import StepCheckpoint, TextSamples, latest_checkpoint, restore_latest
 from tfzoo.training.recipes import GPTTrainingConfig, train_gpt
 
 __all__ = [
-    "EpochCheckpoint",
     "GPTTrainingConfig",
+    "StepCheckpoint",
     "TextSamples",
     "latest_checkpoint",
     "restore_latest",

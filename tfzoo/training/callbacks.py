@@ -7,7 +7,7 @@ import re
 import keras
 import tensorflow as tf
 
-CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.keras$")
+CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.keras$")
 
 
 class TextSamples(keras.callbacks.Callback):
@@ -53,55 +53,65 @@ class TextSamples(keras.callbacks.Callback):
 
 
 def latest_checkpoint(checkpoint_dir):
-    """`(path, epoch)` of the newest complete checkpoint in `checkpoint_dir`, or `(None, 0)`.
+    """`(path, step)` of the newest complete checkpoint in `checkpoint_dir`, or `(None, 0)`.
 
-    Only complete files are ever visible under the `epoch_NNN.keras` name: they are
-    written to a temporary name and then renamed (see `EpochCheckpoint`).
+    `step` is the number of optimizer steps the checkpoint holds. Only complete files
+    are ever visible under the `step_NNNNNNN.keras` name: they are written under a
+    temporary name and then renamed (see `StepCheckpoint`).
     """
-    best_path, best_epoch = None, 0
-    for path in glob.glob(os.path.join(checkpoint_dir, "epoch_*.keras")):
+    best_path, best_step = None, 0
+    for path in glob.glob(os.path.join(checkpoint_dir, "step_*.keras")):
         match = CHECKPOINT_PATTERN.search(os.path.basename(path))
-        if match and int(match.group(1)) > best_epoch:
-            best_path, best_epoch = path, int(match.group(1))
-    return best_path, best_epoch
+        if match and int(match.group(1)) > best_step:
+            best_path, best_step = path, int(match.group(1))
+    return best_path, best_step
 
 
 def restore_latest(model, checkpoint_dir):
     """Loads the newest checkpoint's weights and optimizer state into `model`.
 
-    Returns the number of epochs already done (0 when there is no checkpoint), to pass
-    to `fit(initial_epoch=...)`.
+    Returns the number of optimizer steps already done (0 without a checkpoint).
     """
-    path, epoch = latest_checkpoint(checkpoint_dir)
+    path, step = latest_checkpoint(checkpoint_dir)
     if path is None:
         return 0
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     model.load_weights(path)
-    return epoch
+    return step
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves the whole model (weights, optimizer, tokenizer) as `epoch_NNN.keras` each epoch.
+class StepCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (weights, optimizer, tokenizer) as `step_NNNNNNN.keras`.
 
-    The file is written under a temporary name and renamed into place, so a crash
-    mid-write never leaves a half-written checkpoint where `restore_latest` looks.
-    Older checkpoints beyond `keep` are removed.
+    It saves at the end of every epoch of `steps_per_epoch` steps and, with `every`,
+    every `every` steps in between, counting optimizer steps so that a resumed run
+    continues the same numbering. Each file is written under a temporary name and
+    renamed into place (atomic on POSIX): a crash mid-write never leaves a
+    half-written checkpoint where `restore_latest` looks. Only the newest `keep`
+    checkpoints are kept.
     """
 
-    def __init__(self, checkpoint_dir, keep=3):
+    def __init__(self, checkpoint_dir, steps_per_epoch, every=None, keep=3):
         super().__init__()
         self.checkpoint_dir = checkpoint_dir
+        self.steps_per_epoch = steps_per_epoch
+        self.every = every
         self.keep = keep
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.steps_per_epoch == 0 or (self.every and step % self.every == 0):
+            self.save(step)
+
+    def save(self, step):
         os.makedirs(self.checkpoint_dir, exist_ok=True)
-        path = os.path.join(self.checkpoint_dir, f"epoch_{epoch + 1:03d}.keras")
+        path = os.path.join(self.checkpoint_dir, f"step_{step:07d}.keras")
         temporary = os.path.join(self.checkpoint_dir, f".writing_{os.getpid()}.keras")
         self.model.save(temporary)
-        os.replace(temporary, path)  # atomic on POSIX
+        os.replace(temporary, path)
         checkpoints = sorted(
-            glob.glob(os.path.join(self.checkpoint_dir, "epoch_*.keras")),
+            glob.glob(os.path.join(self.checkpoint_dir, "step_*.keras")),
             key=lambda p: int(CHECKPOINT_PATTERN.search(p).group(1)),
         )
         for old in checkpoints[: -self.keep]:

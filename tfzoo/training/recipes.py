@@ -5,12 +5,11 @@ import json
 import os
 
 import keras
-import numpy as np
 
 from tfzoo.data import language_model_dataset, python_docstrings, read_text_files, tokenize_corpus
 from tfzoo.models import GPT
 from tfzoo.text import train_byte_pair_tokenizer
-from tfzoo.training.callbacks import EpochCheckpoint, TextSamples, latest_checkpoint, restore_latest
+from tfzoo.training.callbacks import StepCheckpoint, TextSamples, latest_checkpoint, restore_latest
 
 SAMPLE_PROMPTS = ["Return the", "If the", "This module"]
 
@@ -27,6 +26,7 @@ class GPTTrainingConfig:
     batch_size: int = 16
     epochs: int = 3
     steps_per_epoch: int = 100  # None = one pass over the corpus per epoch
+    checkpoint_every: int = None  # also checkpoint every N steps (epoch ends always are)
     learning_rate: float = 1e-3  # peak, after warm-up; cosine decay to 10%
     warmup_steps: int = 30
     dropout: float = 0.0
@@ -59,9 +59,12 @@ def learning_rate_schedule(peak, warmup_steps, total_steps):
 def train_gpt(config, log=print):
     """Trains a GPT as `config` says and returns `(model, history)`.
 
-    The run folder holds `tokenizer.json` (vocabulary, merges), `checkpoints/` (one
-    `.keras` per epoch), `logs/` (TensorBoard) and the final `model.keras`. Running
-    the same config again resumes from the newest checkpoint.
+    The run folder holds `config.json`, `checkpoints/` (`step_NNNNNNN.keras`, each a
+    whole model with its tokenizer and optimizer state), `logs/` (TensorBoard) and the
+    final `model.keras`. Running the same config again resumes from the newest
+    checkpoint, mid-epoch included, and runs only the steps still planned
+    (`epochs * steps_per_epoch` in all). The data order after a resume is a fresh
+    shuffle, not the exact batches the interrupted run would have seen.
     """
     _check(config)
     keras.utils.set_random_seed(config.seed)
@@ -73,12 +76,12 @@ def train_gpt(config, log=print):
     log(f"corpus: {len(texts)} documents, {sum(len(t) for t in texts):,} characters"
         + ("" if config.corpus else " (Python standard library docstrings)"))
 
-    checkpoint_path, done_epochs = latest_checkpoint(checkpoint_dir)
+    checkpoint_path, done_steps = latest_checkpoint(checkpoint_dir)
     if checkpoint_path:
         # Resume: the checkpoint holds the tokenizer, so token ids stay the same.
         model = keras.models.load_model(checkpoint_path, compile=False)
         tokenizer = model.tokenizer
-        log(f"resuming from {checkpoint_path} ({done_epochs} of {config.epochs} epochs done)")
+        log(f"resuming from {checkpoint_path} (step {done_steps})")
     else:
         tokenizer = train_byte_pair_tokenizer(texts, config.vocabulary_size)
         model = GPT.from_preset(
@@ -101,16 +104,21 @@ def train_gpt(config, log=print):
             token_ids[split:], config.sequence_length, config.batch_size, shuffle=False, drop_remainder=False
         )
     windows_per_epoch = split // (config.sequence_length + 1) // config.batch_size
-    steps_per_epoch = config.steps_per_epoch or windows_per_epoch
-    log(f"data: {len(token_ids):,} tokens; {steps_per_epoch} steps of {config.batch_size} x "
-        f"{config.sequence_length} per epoch")
-    if config.steps_per_epoch:
-        train_data = train_data.repeat()
+    steps_per_epoch = config.steps_per_epoch or max(windows_per_epoch, 1)
+    planned_steps = steps_per_epoch * config.epochs
+    log(f"data: {len(token_ids):,} tokens; {config.epochs} epochs of {steps_per_epoch} steps of "
+        f"{config.batch_size} x {config.sequence_length} tokens")
+    train_data = train_data.repeat()  # epochs are counted in steps
 
-    schedule = learning_rate_schedule(config.learning_rate, config.warmup_steps, steps_per_epoch * config.epochs)
+    schedule = learning_rate_schedule(config.learning_rate, config.warmup_steps, planned_steps)
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0))
     model.build()
-    restore_latest(model, checkpoint_dir)  # weights and optimizer state, when resuming
+    done_steps = restore_latest(model, checkpoint_dir)  # weights and optimizer state, when resuming
+    if done_steps > planned_steps:
+        raise ValueError(
+            f"{run_dir} holds a checkpoint at step {done_steps}, beyond this plan's {planned_steps} steps "
+            "(epochs x steps_per_epoch). Use a new --run-dir, or plan more steps."
+        )
 
     with open(os.path.join(run_dir, "config.json"), "w") as file:
         json.dump(dataclasses.asdict(config), file, indent=2)
@@ -118,21 +126,23 @@ def train_gpt(config, log=print):
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=log_dir),
         TextSamples(config.sample_prompts, log_dir),
-        EpochCheckpoint(checkpoint_dir),
+        StepCheckpoint(checkpoint_dir, steps_per_epoch, every=config.checkpoint_every),
     ]
-    history = model.fit(
-        train_data, validation_data=validation_data, epochs=config.epochs, initial_epoch=done_epochs,
-        steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,  # already shuffled
-        verbose=1 if log is print else 2,
-    )
+    fit = dict(x=train_data, validation_data=validation_data, callbacks=callbacks, shuffle=False,
+               verbose=1 if log is print else 2)
+    epoch, step_in_epoch = divmod(done_steps, steps_per_epoch)
+    history = None
+    if step_in_epoch:
+        # Finish the interrupted epoch first: only the steps it still lacks.
+        history = model.fit(
+            epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps_per_epoch - step_in_epoch, **fit
+        )
+        epoch += 1
+    if epoch < config.epochs:
+        history = model.fit(epochs=config.epochs, initial_epoch=epoch, steps_per_epoch=steps_per_epoch, **fit)
     final_path = os.path.join(run_dir, "model.keras")
     model.save(final_path)
     log(f"saved {final_path}")
     return model, history
 
 
-def perplexity(history):
-    """The last epoch's validation perplexity (or training perplexity without validation)."""
-    logs = history.history
-    values = logs.get("val_perplexity") or logs.get("perplexity") or [float("nan")]
-    return float(np.asarray(values)[-1])
