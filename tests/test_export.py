@@ -83,3 +83,41 @@ def test_export_refuses_a_model_without_tokenizer_or_unbuilt(tmp_path):
         export_gpt(GPT.from_preset("gpt_test"), str(tmp_path), "gpt")
     with pytest.raises(ValueError, match="not built"):
         export_gpt(GPT.from_preset("gpt_test", tokenizer=tiny_tokenizer()), str(tmp_path), "gpt")
+
+
+def test_op_audit_passes_the_gpt_export_and_flags_foreign_and_xla_ops(exported, tmp_path):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from tfzoo.export import audit_saved_model
+
+    _, _, path = exported
+    report = audit_saved_model(path)
+    assert report["ok"], report
+    assert "RegexSplitWithOffsets" in report["text"] and "While" in report["core"]
+
+    # Rename one op of a copy to something no runtime registers: the audit must catch it.
+    broken = str(tmp_path / "broken")
+    shutil.copytree(path, broken)
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(broken, "saved_model.pb"), "rb") as file:
+        saved_model.ParseFromString(file.read())
+    function = next(f for f in saved_model.meta_graphs[0].graph_def.library.function
+                    if any(node.op == "Softmax" for node in f.node_def))
+    next(node for node in function.node_def if node.op == "Softmax").op = "FancySoftmaxV9"
+    function.node_def.add(name="xla_node", op="XlaDynamicUpdateSlice")
+    with open(os.path.join(broken, "saved_model.pb"), "wb") as file:
+        file.write(saved_model.SerializeToString())
+    report = audit_saved_model(broken)
+    assert not report["ok"]
+    assert report["unknown"] == ["FancySoftmaxV9"]
+    assert report["xla"] == ["XlaDynamicUpdateSlice"]
+
+
+def test_export_check_command_exit_codes(exported):
+    from tests.helpers import run_cli
+
+    _, _, path = exported
+    result = run_cli("export", "--check", path)
+    assert result.returncode == 0 and "OK for TF Serving" in result.stdout
+    missing = run_cli("export", "--check", "/nonexistent/export")
+    assert missing.returncode == 2 and "No SavedModel at '/nonexistent/export'" in missing.stderr

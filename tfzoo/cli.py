@@ -78,7 +78,9 @@ def build_parser():
     embed.add_argument("--output", help="also save the embeddings as a .npy file")
 
     export = commands.add_parser("export", help="export a trained GPT as a SavedModel")
-    export.add_argument("--model", required=True, help="a .keras file or a run folder")
+    export.add_argument("--model", help="a .keras file or a run folder")
+    export.add_argument("--check", metavar="SAVEDMODEL",
+                        help="audit an export's ops instead: exit 1 if TF Serving could not run it")
     export.add_argument("--export-root", default="savedmodels")
     export.add_argument("--name", default="gpt")
     export.add_argument("--version", type=_positive_int, default=None, help="default: the next free version")
@@ -208,12 +210,20 @@ def command_embed(args):
 
 
 def command_export(args):
-    from tfzoo.export import export_gpt
+    from tfzoo.export import audit_saved_model, export_gpt, format_report
 
+    if args.check:
+        report = audit_saved_model(args.check)
+        print(format_report(args.check, report))
+        return 0 if report["ok"] else 1
+    if not args.model:
+        raise ValueError("Give --model to export, or --check SAVEDMODEL to audit an export.")
     model = load_gpt(args.model)
     path = export_gpt(model, args.export_root, args.name, args.version, args.overwrite)
     print(f"exported SavedModel: {path}")
-    return 0
+    report = audit_saved_model(path)
+    print(format_report(path, report))
+    return 0 if report["ok"] else 1
 
 
 def main(argv=None):
