@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import run_python
-from tfzoo.export import existing_versions, export_gpt, version_folder
+from tfzoo.export import audit_saved_model, existing_versions, export_gpt, export_saved_model, version_folder
 
 pytestmark = pytest.mark.slow
 
@@ -121,3 +121,64 @@ def test_export_check_command_exit_codes(exported):
     assert result.returncode == 0 and "OK for TF Serving" in result.stdout
     missing = run_cli("export", "--check", "/nonexistent/export")
     assert missing.returncode == 2 and "No SavedModel at '/nonexistent/export'" in missing.stderr
+
+
+def test_sampled_generate_signature_follows_its_settings(exported):
+    model, _, path = exported
+    code = f"""
+import json
+import tensorflow as tf
+import tensorflow_text
+sampled = tf.saved_model.load({path!r}).signatures["generate_sampled"]
+def run(temperature, top_k, top_p, seed):
+    out = sampled(prompts=tf.constant({PROMPTS!r}), max_new_tokens=tf.constant(10), temperature=tf.constant(temperature),
+                  top_k=tf.constant(top_k), top_p=tf.constant(top_p), seed=tf.constant(seed))
+    return [row[:n] for row, n in zip(out["token_ids"].numpy().tolist(), out["lengths"].numpy().tolist())]
+print(json.dumps({{"greedy": run(0.0, 0, 1.0, 1), "top1": run(1.0, 1, 1.0, 5), "a": run(2.0, 0, 1.0, 3),
+                  "b": run(2.0, 0, 1.0, 3), "c": run(2.0, 0, 1.0, 4)}}))
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    greedy = [model.generate([list(model.tokenizer(p))], max_new_tokens=10)[0] for p in PROMPTS]
+    assert runs["greedy"] == greedy  # temperature 0 is greedy
+    assert runs["top1"] == greedy  # top-k 1 leaves only the argmax
+    assert runs["a"] == runs["b"]  # the same seed gives the same sample
+    assert runs["a"] != runs["c"] and runs["a"] != greedy  # a hot temperature really samples
+
+
+def test_bert_encoder_and_classifier_exports_match_keras(tmp_path):
+    from tests.helpers import run_python
+    from tfzoo.models import BertClassifier, BertEncoder
+    from tfzoo.text import BertPreprocessor, WordPieceTokenizer
+
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "is", "eating", "food", "bread", "."]
+    preprocessor = BertPreprocessor(WordPieceTokenizer(vocabulary), sequence_length=16)
+    encoder = BertEncoder.from_preset("bert_test", vocabulary_size=len(vocabulary), preprocessor=preprocessor)
+    classifier = BertClassifier(encoder, num_classes=3)
+    texts = ["A man is eating food.", "bread", "a a a man"]
+    embeddings, logits = encoder.embed(texts), classifier.predict_text(texts)
+    root = str(tmp_path)
+    embed_path = export_saved_model(encoder, root, "encoder")
+    classify_path = export_saved_model(classifier, root, "classifier", label_names=["x", "y", "z"])
+    with pytest.raises(ValueError, match="2 label names for a classifier of num_classes=3"):
+        export_saved_model(classifier, root, "classifier", label_names=["x", "y"])
+    code = f"""
+import json
+import tensorflow as tf
+import tensorflow_text
+embed = tf.saved_model.load({embed_path!r}).signatures["serving_default"]
+classify = tf.saved_model.load({classify_path!r}).signatures["classify"]
+out = classify(text=tf.constant({texts!r}))
+print(json.dumps({{"embedding": embed(text=tf.constant({texts!r}))["embedding"].numpy().tolist(),
+                  "probabilities": out["probabilities"].numpy().tolist(),
+                  "label": [label.decode() for label in out["label"].numpy()]}}))
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = json.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(outputs["embedding"], embeddings, atol=1e-5)
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(outputs["probabilities"], probabilities, atol=1e-5)
+    assert outputs["label"] == [["x", "y", "z"][i] for i in probabilities.argmax(-1)]
+    assert audit_saved_model(embed_path)["ok"] and audit_saved_model(classify_path)["ok"]

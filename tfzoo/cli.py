@@ -77,12 +77,14 @@ def build_parser():
                        help="a cosine-similarity table (default) or one JSON line per text")
     embed.add_argument("--output", help="also save the embeddings as a .npy file")
 
-    export = commands.add_parser("export", help="export a trained GPT as a SavedModel")
+    export = commands.add_parser("export", help="export a trained model (GPT, BERT classifier or encoder) "
+                                                "as a SavedModel")
     export.add_argument("--model", help="a .keras file or a run folder")
+    export.add_argument("--labels", help="a classifier's label names, comma-separated, in label-id order")
     export.add_argument("--check", metavar="SAVEDMODEL",
                         help="audit an export's ops instead: exit 1 if TF Serving could not run it")
     export.add_argument("--export-root", default="savedmodels")
-    export.add_argument("--name", default="gpt")
+    export.add_argument("--name", help="the exported model's name (default: its family, e.g. gpt)")
     export.add_argument("--version", type=_positive_int, default=None, help="default: the next free version")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
     return parser
@@ -104,7 +106,7 @@ def resolve_keras_model_path(path):
     raise ValueError(f"No model found at {path!r}: expected a .keras file or a run folder with model.keras.")
 
 
-def load_gpt(path):
+def load_keras_model(path):
     import keras
 
     import tfzoo  # noqa: F401  registers tfzoo's classes for deserialization
@@ -158,7 +160,7 @@ def command_generate(args):
             raise ValueError("The SavedModel's generate signature is greedy: drop --temperature/--top-k/--top-p.")
         texts = generate_with_saved_model(args.model, args.prompts, args.max_new_tokens)
     else:
-        model = load_gpt(args.model)
+        model = load_keras_model(args.model)
         texts = model.generate(
             args.prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -210,7 +212,7 @@ def command_embed(args):
 
 
 def command_export(args):
-    from tfzoo.export import audit_saved_model, export_gpt, format_report
+    from tfzoo.export import audit_saved_model, export_saved_model, format_report
 
     if args.check:
         report = audit_saved_model(args.check)
@@ -218,8 +220,9 @@ def command_export(args):
         return 0 if report["ok"] else 1
     if not args.model:
         raise ValueError("Give --model to export, or --check SAVEDMODEL to audit an export.")
-    model = load_gpt(args.model)
-    path = export_gpt(model, args.export_root, args.name, args.version, args.overwrite)
+    model = load_keras_model(args.model)
+    labels = args.labels.split(",") if args.labels else None
+    path = export_saved_model(model, args.export_root, args.name, args.version, args.overwrite, labels)
     print(f"exported SavedModel: {path}")
     report = audit_saved_model(path)
     print(format_report(path, report))

@@ -1,16 +1,20 @@
-"""SavedModel export of a GPT: raw strings in, generated text out.
+"""SavedModel export: raw strings in, text, labels or embeddings out.
 
-The export runs with TensorFlow and tensorflow-text alone (no tfzoo, no Keras):
+An export runs with TensorFlow and tensorflow-text alone (no tfzoo, no Keras):
 
     import tensorflow as tf, tensorflow_text  # registers the tokenizer ops
     loaded = tf.saved_model.load("savedmodels/gpt/1")
     loaded.signatures["generate"](prompts=tf.constant(["def "]), max_new_tokens=tf.constant(20))
 
-Signatures:
-- `generate`: `prompts` (string [batch]), `max_new_tokens` (int32 scalar) ->
-  `text` (string [batch], the continuation), `token_ids` (int32 [batch, n]),
-  `lengths` (int32 [batch]). Greedy decoding.
-- `serving_default`: `token_ids` (int32 [batch, sequence]) -> `logits`.
+Signatures by family (every input is required: TF Serving rejects a request that
+lacks one, so optional settings get a signature of their own):
+
+- GPT: `generate` (`prompts`, `max_new_tokens`; greedy) and `generate_sampled` (plus
+  `temperature`, `top_k`, `top_p`, `seed`) -> `text`, `token_ids`, `lengths`;
+  `serving_default`: `token_ids` -> `logits`.
+- BERT classifier: `classify` = `serving_default` (`text`) -> `label`, `label_id`,
+  `probabilities`; `classify_pair` (`first`, `second`) for two-segment inputs.
+- BERT encoder: `embed` = `serving_default` (`text`) -> `embedding` (mean-pooled, L2-normalized).
 
 Serving functions are traced without XLA: the stock TF Serving disables it.
 """
@@ -21,17 +25,26 @@ import shutil
 import tensorflow as tf
 
 from tfzoo.export.layout import version_folder
+from tfzoo.generation import tensor_sampler
+
+STRINGS = tf.TensorSpec([None], tf.string)
+SCALAR_INT = tf.TensorSpec([], tf.int32)
+SCALAR_FLOAT = tf.TensorSpec([], tf.float32)
+
+
+def _require_built(model):
+    if not model.built:
+        raise ValueError("The model is not built: train or call it once before exporting.")
 
 
 class GPTServingModule(tf.Module):
-    """The model, its tokenizer and the serving functions, as one trackable object."""
+    """A GPT, its tokenizer and the serving functions, as one trackable object."""
 
     def __init__(self, model):
         super().__init__()
         if model.tokenizer is None:
             raise ValueError("This GPT has no tokenizer: a text-in, text-out export needs one.")
-        if not model.built:
-            raise ValueError("The model is not built: train or call it once before exporting.")
+        _require_built(model)
         self.model = model
         self.tokenizer = model.tokenizer
         end_token_id = getattr(model.tokenizer, "end_token_id", None)
@@ -41,13 +54,7 @@ class GPTServingModule(tf.Module):
     def logits(self, token_ids):
         return {"logits": self.model(token_ids, training=False)}
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None], tf.string, name="prompts"),
-            tf.TensorSpec([], tf.int32, name="max_new_tokens"),
-        ]
-    )
-    def generate(self, prompts, max_new_tokens):
+    def _generate(self, prompts, max_new_tokens, choose, seed):
         model = self.model
         ragged = self.tokenizer(prompts)  # (batch, None) ragged
         lengths = tf.cast(ragged.row_lengths(), tf.int32)
@@ -57,38 +64,139 @@ class GPTServingModule(tf.Module):
         tf.debugging.assert_positive(room, message="A prompt is longer than the model's maximum length.")
         max_new_tokens = tf.clip_by_value(max_new_tokens, 0, room)
         # Left-pad: reverse each row, pad on the right, reverse back.
-        padded = tf.reverse(tf.reverse(ragged, axis=[1]).to_tensor(0), axis=[1])
-        padded = tf.cast(padded, tf.int32)
-        pad_counts = prompt_length - lengths
+        padded = tf.cast(tf.reverse(tf.reverse(ragged, axis=[1]).to_tensor(0), axis=[1]), tf.int32)
         tokens, new_lengths = model.generate_token_ids(
-            padded, pad_counts, max_new_tokens, capacity=model.max_sequence_length,
-            cache_length=prompt_length + max_new_tokens, stop_token_ids=self.stop_token_ids,
+            padded, prompt_length - lengths, max_new_tokens, capacity=model.max_sequence_length,
+            cache_length=prompt_length + max_new_tokens, choose=choose, stop_token_ids=self.stop_token_ids,
+            seed=seed,
         )
         new_ids = tf.RaggedTensor.from_tensor(tokens, lengths=new_lengths)
-        text = self.tokenizer.detokenize(new_ids)
-        return {"text": text, "token_ids": new_ids.to_tensor(0), "lengths": new_lengths}
+        return {"text": self.tokenizer.detokenize(new_ids), "token_ids": new_ids.to_tensor(0), "lengths": new_lengths}
+
+    @tf.function(input_signature=[STRINGS, SCALAR_INT])
+    def generate(self, prompts, max_new_tokens):
+        return self._generate(prompts, max_new_tokens, None, None)
+
+    @tf.function(input_signature=[STRINGS, SCALAR_INT, SCALAR_FLOAT, SCALAR_INT, SCALAR_FLOAT, SCALAR_INT])
+    def generate_sampled(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
+        choose = tensor_sampler(temperature, top_k, top_p)
+        return self._generate(prompts, max_new_tokens, choose, tf.stack([seed, tf.constant(0, tf.int32)]))
+
+    def signatures(self):
+        return {
+            "serving_default": self.logits.get_concrete_function(),
+            "generate": self.generate.get_concrete_function(),
+            "generate_sampled": self.generate_sampled.get_concrete_function(),
+        }
 
 
-def export_gpt(model, export_root="savedmodels", name="gpt", version=None, overwrite=False):
+class ClassifierServingModule(tf.Module):
+    """A BERT classifier with its preprocessor: text in, label and probabilities out."""
+
+    def __init__(self, model, label_names=None):
+        super().__init__()
+        if model.preprocessor is None:
+            raise ValueError("This classifier's encoder has no preprocessor: a text-in export needs one.")
+        _require_built(model)
+        label_names = [str(name) for name in (label_names or range(model.num_classes))]
+        if len(label_names) != model.num_classes:
+            raise ValueError(
+                f"{len(label_names)} label names for a classifier of num_classes={model.num_classes}: {label_names}"
+            )
+        self.model = model
+        self.preprocessor = model.preprocessor
+        self.label_names = tf.constant(label_names)
+
+    def _classify(self, features):
+        logits = self.model(features, training=False)
+        label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return {
+            "label": tf.gather(self.label_names, label_id),
+            "label_id": label_id,
+            "probabilities": tf.nn.softmax(logits, axis=-1),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def classify(self, text):
+        return self._classify(self.preprocessor(text))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="first"),
+                                  tf.TensorSpec([None], tf.string, name="second")])
+    def classify_pair(self, first, second):
+        return self._classify(self.preprocessor((first, second)))
+
+    def signatures(self):
+        classify = self.classify.get_concrete_function()
+        return {"serving_default": classify, "classify": classify,
+                "classify_pair": self.classify_pair.get_concrete_function()}
+
+
+class EncoderServingModule(tf.Module):
+    """A BERT encoder with its preprocessor: text in, sentence embedding out."""
+
+    def __init__(self, model):
+        super().__init__()
+        if model.preprocessor is None:
+            raise ValueError("This encoder has no preprocessor: a text-in export needs one.")
+        _require_built(model)
+        self.model = model
+        self.preprocessor = model.preprocessor
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def embed(self, text):
+        return {"embedding": self.model.embed_features(self.preprocessor(text))}
+
+    def signatures(self):
+        embed = self.embed.get_concrete_function()
+        return {"serving_default": embed, "embed": embed}
+
+
+def serving_module(model, label_names=None):
+    """The serving module for `model`'s family, or a ValueError naming the type."""
+    from tfzoo.models import GPT, BertClassifier, BertEncoder
+
+    if isinstance(model, GPT):
+        return GPTServingModule(model)
+    if isinstance(model, BertClassifier):
+        return ClassifierServingModule(model, label_names)
+    if isinstance(model, BertEncoder):
+        return EncoderServingModule(model)
+    raise ValueError(
+        f"Cannot export a {type(model).__name__}: tfzoo exports GPT, BertClassifier and BertEncoder."
+    )
+
+
+def export_saved_model(model, export_root="savedmodels", name=None, version=None, overwrite=False, label_names=None):
     """Writes `model` as a SavedModel at `export_root/name/version` and returns the path.
 
+    Args:
+        model: a `GPT`, `BertClassifier` or `BertEncoder`, built.
+        export_root: the folder TF Serving's `--model_config_file` points into.
+        name: the model's name (default: its family, e.g. "gpt").
+        version: an integer; default the next free one. An existing version is refused
+            unless `overwrite`.
+        label_names: a classifier's label strings, in label-id order.
+
     Example:
-    >>> path = export_gpt(model, "savedmodels", "gpt")  # doctest: +SKIP
+    >>> path = export_saved_model(model, "savedmodels", "gpt")  # doctest: +SKIP
     """
+    module = serving_module(model, label_names)
+    name = name or type(model).__name__.lower()
     path = version_folder(export_root, name, version, overwrite)
-    module = GPTServingModule(model)
     temporary = path + ".partial"
     shutil.rmtree(temporary, ignore_errors=True)
-    tf.saved_model.save(
-        module,
-        temporary,
-        signatures={
-            "serving_default": module.logits.get_concrete_function(),
-            "generate": module.generate.get_concrete_function(),
-        },
-    )
+    tf.saved_model.save(module, temporary, signatures=module.signatures())
     # Move into place only when complete, so TF Serving never loads half an export.
     if os.path.exists(path):
         shutil.rmtree(path)
     os.replace(temporary, path)
     return path
+
+
+def export_gpt(model, export_root="savedmodels", name="gpt", version=None, overwrite=False):
+    """`export_saved_model` for a GPT (kept for the GPT-only callers)."""
+    from tfzoo.models import GPT
+
+    if not isinstance(model, GPT):
+        raise ValueError(f"export_gpt expects a GPT. Received: {type(model).__name__}")
+    return export_saved_model(model, export_root, name, version, overwrite)

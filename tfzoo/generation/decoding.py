@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from tfzoo.generation.sampling import next_token
+from tfzoo.generation.sampling import sampler as make_sampler
 
 
 def round_up(value, multiple):
@@ -34,9 +34,7 @@ def decode_loop(
     max_new_tokens,
     capacity,
     stop_token_ids=(),
-    temperature=0.0,
-    top_k=None,
-    top_p=None,
+    choose=None,
     seed=None,
     pad_id=0,
 ):
@@ -52,12 +50,15 @@ def decode_loop(
             compiled loop serves any count up to `capacity`).
         capacity: static size of the output buffer, `>= max_new_tokens`.
         stop_token_ids: a row stops after producing one of these.
-        temperature, top_k, top_p, seed: see `sampling.next_token`.
+        choose: `choose(logits, seed) -> tokens`, e.g. `sampling.sampler(...)`;
+            greedy by default.
+        seed: a `(2,)` int32 tensor; step `i` samples with `(seed[0], seed[1] + i)`.
 
     Returns:
         `(tokens, lengths)`: `(batch, capacity)` int32 tokens, `pad_id` after a row
         stopped, and `(batch,)` the number of tokens before the stop token (or all).
     """
+    choose = choose or make_sampler()
     batch_size = tf.shape(first_logits)[0]
     tokens = tf.fill([batch_size, capacity], tf.constant(pad_id, tf.int32))
     lengths = tf.zeros([batch_size], tf.int32)
@@ -71,7 +72,7 @@ def decode_loop(
 
     def body(i, logits, cache, tokens, lengths, done):
         step_seed = None if seed is None else tf.stack([seed[0], seed[1] + i])
-        token = next_token(logits, temperature, top_k, top_p, step_seed)  # (batch,)
+        token = choose(logits, step_seed)  # (batch,)
         token = tf.where(done, pad_id, token)
         is_stop = tf.reduce_any(token[:, None] == stop_token_ids[None, :], axis=-1)
         lengths = lengths + tf.cast(tf.logical_not(tf.logical_or(done, is_stop)), tf.int32)

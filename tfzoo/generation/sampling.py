@@ -60,3 +60,30 @@ def next_token(logits, temperature=0.0, top_k=None, top_p=None, seed=None):
     else:
         samples = tf.random.stateless_categorical(logits, 1, seed=seed, dtype=tf.int32)
     return samples[:, 0]
+
+
+def sampler(temperature=0.0, top_k=None, top_p=None):
+    """`choose(logits, seed) -> tokens` with fixed (Python) settings: see `next_token`."""
+    return lambda logits, seed: next_token(logits, temperature, top_k, top_p, seed)
+
+
+def tensor_sampler(temperature, top_k, top_p):
+    """`choose(logits, seed) -> tokens` whose settings are tensors, decided at run time.
+
+    For exported signatures, where the caller sends the settings with each request:
+    `temperature <= 0` is greedy, `top_k <= 0` and `top_p >= 1` switch those filters off.
+    The filters always run (a tensor cannot skip Python branches), so each step pays
+    for a sort of the vocabulary.
+    """
+
+    def choose(logits, seed):
+        logits = tf.cast(logits, tf.float32)
+        vocabulary_size = tf.shape(logits)[-1]
+        greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        scaled = logits / tf.maximum(tf.cast(temperature, tf.float32), 1e-6)
+        k = tf.where(top_k > 0, tf.minimum(top_k, vocabulary_size), vocabulary_size)
+        filtered = filter_top_p(filter_top_k(scaled, k), tf.cast(top_p, tf.float32))
+        sampled = tf.random.stateless_categorical(filtered, 1, seed=seed, dtype=tf.int32)[:, 0]
+        return tf.where(temperature > 0, sampled, greedy)
+
+    return choose

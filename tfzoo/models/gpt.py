@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tfzoo.generation import decode_loop, left_pad, next_token, validate_sampling
+from tfzoo.generation import decode_loop, left_pad, next_token, sampler, validate_sampling
 from tfzoo.generation.decoding import round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
@@ -229,7 +229,7 @@ class GPT(keras.Model):
         return self._logits(hidden)[:, 0, :], caches
 
     def generate_token_ids(self, token_ids, pad_counts, max_new_tokens, capacity, cache_length=None,
-                           temperature=0.0, top_k=None, top_p=None, stop_token_ids=(), seed=None):
+                           choose=None, stop_token_ids=(), seed=None):
         """The graph-friendly core of `generate`: left-padded ids in, new ids out.
 
         Args:
@@ -238,6 +238,9 @@ class GPT(keras.Model):
             capacity: static size of the output buffer, `>= max_new_tokens`.
             cache_length: length of the key/value cache; at least prompt plus new
                 tokens. Defaults to prompt length + `capacity` (static shapes, for XLA).
+            choose: `choose(logits, seed) -> tokens` (`tfzoo.generation.sampler`);
+                greedy by default.
+            stop_token_ids, seed: see `tfzoo.generation.decode_loop`.
 
         Returns `(tokens (batch, capacity), lengths (batch,))`.
         """
@@ -251,8 +254,7 @@ class GPT(keras.Model):
 
         return decode_loop(
             step, logits, caches, start_index=prompt_length, max_new_tokens=max_new_tokens,
-            capacity=capacity, stop_token_ids=stop_token_ids, temperature=temperature,
-            top_k=top_k, top_p=top_p, seed=seed,
+            capacity=capacity, stop_token_ids=stop_token_ids, choose=choose, seed=seed,
         )
 
     def _generator(self, capacity, temperature, top_k, top_p, stop_token_ids, jit_compile):
@@ -263,8 +265,8 @@ class GPT(keras.Model):
             @tf.function(jit_compile=jit_compile, reduce_retracing=True)
             def generate_compiled(token_ids, pad_counts, max_new_tokens, seed):
                 return self.generate_token_ids(
-                    token_ids, pad_counts, max_new_tokens, capacity, temperature=temperature,
-                    top_k=top_k, top_p=top_p, stop_token_ids=stop_token_ids, seed=seed,
+                    token_ids, pad_counts, max_new_tokens, capacity, choose=sampler(temperature, top_k, top_p),
+                    stop_token_ids=stop_token_ids, seed=seed,
                 )
 
             self._compiled_generators.functions[key] = generate_compiled
