@@ -182,3 +182,20 @@ print(json.dumps({{"embedding": embed(text=tf.constant({texts!r}))["embedding"].
     np.testing.assert_allclose(outputs["probabilities"], probabilities, atol=1e-5)
     assert outputs["label"] == [["x", "y", "z"][i] for i in probabilities.argmax(-1)]
     assert audit_saved_model(embed_path)["ok"] and audit_saved_model(classify_path)["ok"]
+
+
+def test_models_config_lists_every_exported_model(exported, tmp_path):
+    from tfzoo.export import write_models_config
+
+    _, root, _ = exported
+    with open(os.path.join(root, "models.config"), encoding="utf-8") as file:
+        text = file.read()
+    assert text.startswith("model_config_list {")
+    assert f'name: "gpt"\n    base_path: "{os.path.abspath(root)}/gpt"\n    model_platform: "tensorflow"' in text
+    os.makedirs(os.path.join(root, "empty_model"))  # no version inside: not servable, not listed
+    os.makedirs(os.path.join(root, "other", "3"))
+    text = open(write_models_config(root, base_path="/models/")).read()
+    assert 'base_path: "/models/gpt"' in text and 'base_path: "/models/other"' in text
+    assert "empty_model" not in text and text.count("config {") == 2
+    shutil.rmtree(os.path.join(root, "other"))
+    os.rmdir(os.path.join(root, "empty_model"))

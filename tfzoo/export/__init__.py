@@ -1,7 +1,7 @@
 """Export: SavedModel in TF Serving's layout, and an op audit of what an export needs."""
 
 from tfzoo.export.audit import audit_saved_model, format_report, saved_model_ops
-from tfzoo.export.layout import existing_versions, version_folder
+from tfzoo.export.layout import existing_versions, version_folder, write_models_config
 from tfzoo.export.saved_model import (
     ClassifierServingModule,
     EncoderServingModule,
@@ -23,4 +23,5 @@ __all__ = [
     "saved_model_ops",
     "serving_module",
     "version_folder",
+    "write_models_config",
 ]

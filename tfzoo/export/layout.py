@@ -32,3 +32,33 @@ def version_folder(export_root, name, version=None, overwrite=False):
             "pass overwrite=True (--overwrite)."
         )
     return path
+
+
+def write_models_config(export_root, base_path=None):
+    """Writes `export_root/models.config` for TF Serving's `--model_config_file`.
+
+    Lists every model folder under `export_root` that holds at least one version.
+    `base_path` is where TF Serving will see `export_root` (e.g. `/models` inside its
+    container); by default, the absolute path of `export_root` on this machine.
+
+    Returns the path of the file.
+    """
+    base_path = base_path or os.path.abspath(export_root)
+    names = sorted(
+        name for name in os.listdir(export_root)
+        if os.path.isdir(os.path.join(export_root, name)) and existing_versions(export_root, name)
+    )
+    entries = "".join(
+        "  config {\n"
+        f'    name: "{name}"\n'
+        f'    base_path: "{base_path.rstrip("/")}/{name}"\n'
+        '    model_platform: "tensorflow"\n'
+        "  }\n"
+        for name in names
+    )
+    path = os.path.join(export_root, "models.config")
+    temporary = path + ".partial"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write("model_config_list {\n" + entries + "}\n")
+    os.replace(temporary, path)
+    return path

@@ -24,7 +24,7 @@ import shutil
 
 import tensorflow as tf
 
-from tfzoo.export.layout import version_folder
+from tfzoo.export.layout import version_folder, write_models_config
 from tfzoo.generation import tensor_sampler
 
 STRINGS = tf.TensorSpec([None], tf.string)
@@ -177,6 +177,8 @@ def export_saved_model(model, export_root="savedmodels", name=None, version=None
             unless `overwrite`.
         label_names: a classifier's label strings, in label-id order.
 
+    `export_root/models.config` is rewritten to list every exported model.
+
     Example:
     >>> path = export_saved_model(model, "savedmodels", "gpt")  # doctest: +SKIP
     """
@@ -190,6 +192,7 @@ def export_saved_model(model, export_root="savedmodels", name=None, version=None
     if os.path.exists(path):
         shutil.rmtree(path)
     os.replace(temporary, path)
+    write_models_config(export_root)
     return path
 
 
