@@ -78,7 +78,7 @@ class MultiHeadAttention(keras.layers.Layer):
     Example:
     >>> layer = MultiHeadAttention(num_heads=2, key_dim=4)
     >>> x = np.random.rand(1, 3, 8).astype("float32")
-    >>> layer(x, use_causal_mask=True).shape
+    >>> tuple(layer(x, use_causal_mask=True).shape)
     (1, 3, 8)
     """
 

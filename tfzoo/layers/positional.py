@@ -74,7 +74,7 @@ class PositionalEncoding(keras.layers.Layer):
 
     Example:
     >>> layer = PositionalEncoding("sinusoidal", max_sequence_length=16)
-    >>> layer(np.zeros((2, 5, 8), "float32")).shape
+    >>> tuple(layer(np.zeros((2, 5, 8), "float32")).shape)
     (2, 5, 8)
     """
 

@@ -57,7 +57,7 @@ class TransformerBlock(keras.layers.Layer):
 
     Example:
     >>> block = TransformerBlock(num_heads=2, intermediate_dim=32, causal=True, normalize_first=True)
-    >>> block(np.zeros((1, 5, 16), "float32")).shape
+    >>> tuple(block(np.zeros((1, 5, 16), "float32")).shape)
     (1, 5, 16)
     """
 

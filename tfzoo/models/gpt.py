@@ -50,7 +50,7 @@ class GPT(keras.Model):
     >>> model.compile()
     >>> tokens = np.random.randint(0, 512, (4, 17))
     >>> history = model.fit(tokens[:, :-1], tokens[:, 1:], epochs=1, verbose=0)
-    >>> model.generate([[1, 2, 3]], max_new_tokens=5)[0].__len__()
+    >>> len(model.generate([[1, 2, 3]], max_new_tokens=5)[0])
     5
     """
 

@@ -35,7 +35,7 @@ def load_gpt2_tokenizer(vocabulary_path=None, merges_path=None, sequence_length=
 
     Example:
     >>> tokenizer = load_gpt2_tokenizer()
-    >>> tokenizer("Hello world").numpy().tolist()
+    >>> tokenizer("Hello world").tolist()
     [15496, 995]
     """
     default_vocabulary, default_merges = gpt2_vocabulary_files()
@@ -66,7 +66,7 @@ def train_byte_pair_tokenizer(texts, vocabulary_size=8192, min_frequency=2):
 
     Example:
     >>> tokenizer = train_byte_pair_tokenizer(["the cat sat on the mat"] * 10, vocabulary_size=270)
-    >>> tokenizer.detokenize(tokenizer("the cat")).numpy().decode()
+    >>> tokenizer.detokenize(tokenizer("the cat"))
     'the cat'
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers

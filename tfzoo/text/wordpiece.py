@@ -180,8 +180,10 @@ class BertPreprocessor(keras.layers.Layer):
         second) and `padding_mask` (true for real tokens), each `(batch, sequence_length)`.
 
     Example:
-    >>> preprocessor = BertPreprocessor(tokenizer, sequence_length=8)  # doctest: +SKIP
-    >>> preprocessor((["a question"], ["a passage"]))["segment_ids"]  # doctest: +SKIP
+    >>> tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "question", "passage"])
+    >>> preprocessor = BertPreprocessor(tokenizer, sequence_length=8)
+    >>> preprocessor((["a question"], ["a passage"]))["segment_ids"].numpy().tolist()
+    [[0, 0, 0, 0, 1, 1, 1, 0]]
     """
 
     def __init__(self, tokenizer, sequence_length=128, **kwargs):
