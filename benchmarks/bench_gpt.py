@@ -20,13 +20,9 @@ rounds with the ratio tfzoo / keras-hub. Results go to benchmarks/results/.
 """
 
 import argparse
-import datetime
 import gc
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -35,8 +31,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TFZOO, KERAS_HUB = "tfzoo", "keras_hub"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    KERAS_HUB, RESULTS, TFZOO, Logger, format_table, load_average, machine_info, order_for_round,
+    print_report, summarize, write_json,
+)
 SYSTEM_NAMES = {TFZOO: "tfzoo GPT", KERAS_HUB: "keras-hub GPT2"}
 
 # Sizes per mode. "full" is the number the team quotes; "quick" only checks the script runs.
@@ -129,10 +128,6 @@ def compile_model(system, model, jit_compile):
     else:
         model.compile(optimizer=optimizer, loss=loss, weighted_metrics=[], sampler="greedy", **kwargs)
     return model
-
-
-def order_for_round(round_index):
-    return (TFZOO, KERAS_HUB) if round_index % 2 == 0 else (KERAS_HUB, TFZOO)
 
 
 # ---------------------------------------------------------------------------- training
@@ -326,98 +321,14 @@ def describe_measures(settings):
     return rows
 
 
-def summarize(measures, settings):
-    results = []
-    for key, label, better in describe_measures(settings):
-        if key not in measures:
-            continue
-        ours, theirs = measures[key][TFZOO], measures[key][KERAS_HUB]
-        ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-        results.append(dict(
-            measure=key, label=label, better=better,
-            tfzoo=dict(median=ours_median, rounds=ours),
-            keras_hub=dict(median=theirs_median, rounds=theirs),
-            ratio=ours_median / theirs_median,
-            round_ratios=[a / b for a, b in zip(ours, theirs)],
-        ))
-    return results
-
-
-def format_number(value):
-    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
-
-
-def format_table(results, rounds):
-    lines = [
-        f"| measure (median of {rounds} round{'s' if rounds > 1 else ''}) | tfzoo | keras-hub "
-        "| tfzoo / keras-hub | per-round ratios |",
-        "|---|---:|---:|---:|---|",
-    ]
-    for row in results:
-        ratios = ", ".join(f"{ratio:.2f}" for ratio in row["round_ratios"])
-        lines.append(
-            f"| {row['label']} ({row['better']} is better) | {format_number(row['tfzoo']['median'])} "
-            f"| {format_number(row['keras_hub']['median'])} | {row['ratio']:.2f} | {ratios} |"
-        )
-    return "\n".join(lines)
-
-
-def machine_info():
-    import keras
-    import keras_hub
-    import tensorflow as tf
-
-    import tfzoo
-
-    def git(*arguments):
-        try:
-            return subprocess.run(["git", *arguments], cwd=HERE, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu_model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), None)
-    except OSError:
-        pass
-    return dict(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        cpu_count=os.cpu_count(),
-        cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        cpu_model=cpu_model,
-        platform=platform.platform(),
-        python=sys.version.split()[0],
-        tensorflow=tf.__version__,
-        keras=keras.__version__,
-        keras_hub=keras_hub.__version__,
-        tfzoo=getattr(tfzoo, "__version__", None),
-        keras_backend=keras.config.backend(),
-        git_commit=git("rev-parse", "HEAD"),
-        git_dirty=bool(git("status", "--porcelain", "--", "tfzoo")),
-        tf_intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
-        tf_inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
-        load_average_start=os.getloadavg() if hasattr(os, "getloadavg") else None,
-    )
-
-
 def main(argv=None):
     args = parse_args(argv)
     mode = "quick" if args.quick else "full"
     settings = dict(SETTINGS[mode])
     rounds = args.rounds or settings["rounds"]
-    output = args.output or os.path.join(HERE, "results", "bench_gpt_quick.json" if args.quick else "bench_gpt.json")
+    output = args.output or os.path.join(RESULTS, "bench_gpt_quick.json" if args.quick else "bench_gpt.json")
 
-    started = time.perf_counter()
-
-    load_samples = []  # (seconds, 1-minute load average): the machine is shared, so note how busy it was
-
-    def log(message):
-        elapsed = time.perf_counter() - started
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        load_samples.append((round(elapsed, 1), load))
-        print(f"[{elapsed:6.0f}s load {load:4.1f}] {message}", flush=True)
+    log = Logger()
 
     import keras
 
@@ -438,29 +349,19 @@ def main(argv=None):
         measures.update(part)
         checks.update(part_checks)
 
-    results = summarize(measures, settings)
-    info["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    info["load_average_samples"] = load_samples
-    elapsed = time.perf_counter() - started
+    results = summarize(measures, describe_measures(settings))
+    info["load_average_end"] = load_average()
+    info["load_average_samples"] = log.load_samples
+    elapsed = log.elapsed()
     title = (f"tfzoo GPT vs keras-hub GPT2, preset {settings['preset']} "
              f"{model_arguments(settings['preset'])}, float32, random weights, {mode} mode")
     table = format_table(results, rounds)
-    print()
-    print(title)
-    print(table)
-    loads = [load for _, load in load_samples]
-    print(f"\n{info['cpu_count']} CPUs, {info['platform']}, TF {info['tensorflow']}, Keras {info['keras']}, "
-          f"keras-hub {info['keras_hub']}; 1-minute load average during the run "
-          f"{min(loads):.1f}-{max(loads):.1f} (median {statistics.median(loads):.1f}); took {elapsed:.0f} s")
-
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as handle:
-        json.dump(dict(
-            benchmark="bench_gpt", mode=mode, rounds=rounds, only=args.only,
-            model=model_arguments(settings["preset"]), settings=settings, machine=info,
-            results=results, checks=checks, table=table, elapsed_seconds=elapsed,
-        ), handle, indent=2, default=str)
-    print(f"wrote {output}")
+    print_report(title, table, info, log)
+    write_json(output, dict(
+        benchmark="bench_gpt", mode=mode, rounds=rounds, only=args.only,
+        model=model_arguments(settings["preset"]), settings=settings, machine=info,
+        results=results, checks=checks, table=table, elapsed_seconds=elapsed,
+    ))
     return results
 
 

@@ -159,3 +159,11 @@ def test_mixed_precision_logits_are_float32():
         assert len(model.generate([[1, 2, 3]], max_new_tokens=3, stop_token_ids=())[0]) == 3
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_generate_on_a_fresh_model_leaves_it_usable():
+    model = GPT.from_preset("gpt_test")
+    model.generate([[1, 2, 3]], max_new_tokens=2, stop_token_ids=())
+    assert model.built
+    model.compile()
+    model.fit(np.ones((2, 8), "int32"), np.ones((2, 8), "int32"), verbose=0)

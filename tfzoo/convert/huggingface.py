@@ -22,9 +22,23 @@ def _require_files(folder, names):
             raise ValueError(f"The checkpoint folder {folder!r} lacks {name!r}.")
 
 
+class _Config(dict):
+    """config.json, whose missing keys are a ValueError naming the file and the key."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, "config.json")
+        try:
+            with open(self.path, encoding="utf-8") as file:
+                super().__init__(json.load(file))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{self.path} is not valid JSON: {error}") from None
+
+    def __missing__(self, key):
+        raise ValueError(f"{self.path} lacks the key {key!r}.")
+
+
 def _read_config(folder):
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as file:
-        return json.load(file)
+    return _Config(folder)
 
 
 class _Tensors:
@@ -42,13 +56,12 @@ class _Tensors:
         if key not in self.tensors:
             raise ValueError(f"{self.path}: tensor {key!r} is missing.")
         value = self.tensors[key].astype("float32")
-        if transpose:
-            value = value.T  # PyTorch Linear keeps (out, in); Keras Dense wants (in, out)
-        if tuple(value.shape) != tuple(shape):
-            raise ValueError(
-                f"{self.path}: tensor {key!r} has shape {tuple(value.shape)}, expected {tuple(shape)}."
-            )
-        return value
+        # PyTorch Linear keeps (out, in); Keras Dense wants (in, out). Shapes are
+        # checked (and reported) as the file stores them.
+        expected = tuple(shape)[::-1] if transpose else tuple(shape)
+        if tuple(value.shape) != expected:
+            raise ValueError(f"{self.path}: tensor {key!r} has shape {tuple(value.shape)}, expected {expected}.")
+        return value.T if transpose else value
 
 
 def load_bert_checkpoint(folder, sequence_length=128, dropout=0.0):

@@ -65,8 +65,8 @@ def movie_review_snippets(archive=None):
             the expected sdist.
 
     Example:
-    >>> texts, labels = movie_review_snippets()  # doctest: +SKIP
-    >>> len(texts), int(labels.sum())  # doctest: +SKIP
+    >>> texts, labels = movie_review_snippets()
+    >>> len(texts), int(labels.sum())
     (10568, 5242)
     """
     archive = Path(archive) if archive is not None else _default_archive()

@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfzoo.layers import PositionalEncoding, TransformerBlock
+from tfzoo.layers.transformer import get_activation
 from tfzoo.models.presets import BERT_PRESETS, preset_arguments
 from tfzoo.validation import dropout_rate, positive_int
 
@@ -235,6 +236,12 @@ class BertEncoder(keras.Model):
         return cls(**_deserialize(config, "preprocessor"))
 
 
+def _weighted_cross_entropy():
+    # With sample weights (padding, unused mask slots), average over the weighted
+    # slots only: the default would also count the zero-weight ones.
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+
+
 def _text_list(texts):
     if isinstance(texts, str):
         raise ValueError("Expected a list of texts; wrap a single text in a list.")
@@ -337,9 +344,10 @@ class BertTokenClassifier(_BertHead):
         return ops.cast(self.output_dense(self.output_dropout(sequence, training=training)), "float32")
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """Defaults: AdamW (5e-5), cross-entropy averaged over weighted tokens, accuracy."""
         super().compile(
             optimizer=keras.optimizers.AdamW(5e-5) if optimizer == "auto" else optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss == "auto" else loss,
+            loss=_weighted_cross_entropy() if loss == "auto" else loss,
             weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
             if metrics == "auto" else metrics,
             **kwargs,
@@ -402,8 +410,7 @@ class BertMaskedLM(_BertHead):
     def __init__(self, encoder, dropout=0.0, **kwargs):
         super().__init__(encoder, dropout, **kwargs)
         self.transform_dense = keras.layers.Dense(
-            encoder.hidden_dim, activation=encoder.activation if encoder.activation != "gelu_approximate" else None,
-            name="transform",
+            encoder.hidden_dim, activation=get_activation(encoder.activation), name="transform",
         )
         self.transform_norm = keras.layers.LayerNormalization(epsilon=encoder.layer_norm_epsilon, name="transform_norm")
 
@@ -428,7 +435,7 @@ class BertMaskedLM(_BertHead):
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
         super().compile(
             optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.01) if optimizer == "auto" else optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss == "auto" else loss,
+            loss=_weighted_cross_entropy() if loss == "auto" else loss,
             weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
             if metrics == "auto" else metrics,
             **kwargs,

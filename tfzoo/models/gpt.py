@@ -13,12 +13,8 @@ from tfzoo.generation import decode_loop, left_pad, next_token, sampler, validat
 from tfzoo.generation.decoding import round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
+from tfzoo.tracking import Untracked
 from tfzoo.validation import dropout_rate, positive_int
-
-
-class _FunctionCache:
-    def __init__(self):
-        self.functions = {}
 
 
 @keras.saving.register_keras_serializable(package="tfzoo")
@@ -123,9 +119,8 @@ class GPT(keras.Model):
             for index in range(num_layers)
         ]
         self.final_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="final_norm")
-        # Compiled generate functions by sampling setup. Held in a plain object so that
-        # neither Keras nor SavedModel tries to track (and save) them.
-        self._compiled_generators = _FunctionCache()
+        # Compiled generate functions by sampling setup: not model state to save.
+        self._untracked = Untracked(generators={})
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -260,7 +255,7 @@ class GPT(keras.Model):
     def _generator(self, capacity, temperature, top_k, top_p, stop_token_ids, jit_compile):
         """A compiled generate function per sampling setup, kept so calls don't retrace."""
         key = (capacity, temperature, top_k, top_p, stop_token_ids, jit_compile)
-        if key not in self._compiled_generators.functions:
+        if key not in self._untracked.generators:
 
             @tf.function(jit_compile=jit_compile, reduce_retracing=True)
             def generate_compiled(token_ids, pad_counts, max_new_tokens, seed):
@@ -269,8 +264,8 @@ class GPT(keras.Model):
                     stop_token_ids=stop_token_ids, seed=seed,
                 )
 
-            self._compiled_generators.functions[key] = generate_compiled
-        return self._compiled_generators.functions[key]
+            self._untracked.generators[key] = generate_compiled
+        return self._untracked.generators[key]
 
     def _prompt_token_ids(self, prompts):
         if isinstance(prompts, str):
@@ -323,6 +318,8 @@ class GPT(keras.Model):
         """
         validate_sampling(max_new_tokens, temperature, top_k, top_p)
         token_lists, strings = self._prompt_token_ids(prompts)
+        if not self.built:
+            self.build()  # else the decode loop would build the sublayers but not the model
         longest = max(len(ids) for ids in token_lists)
         if longest + max_new_tokens > self.max_sequence_length:
             raise ValueError(

@@ -4,6 +4,12 @@ Normalization is tensorflow-text's `FastBertNormalizer` and tokenization its
 `FastWordpieceTokenizer` (end-to-end: it also splits on whitespace and punctuation):
 both have TFLite kernels, unlike `text.BertTokenizer`. Packing (`[CLS] a [SEP] b [SEP]`)
 is keras-hub's `MultiSegmentPacker` with round-robin truncation.
+
+The ids equal Hugging Face's BERT tokenizer on ordinary text (tested on MiniLM's
+vocabulary), with three known differences that come from tensorflow-text: its case
+folding is NFKC's (so "ß" becomes "ss" and "½", "²", "™", "ﬁ" are rewritten), control
+characters become spaces where BERT deletes them, and its word-length limit for [UNK]
+counts 100 bytes where BERT counts 100 characters.
 """
 
 import os
@@ -12,6 +18,8 @@ import keras
 import keras_hub
 import tensorflow as tf
 import tensorflow_text as tf_text
+
+from tfzoo.tracking import Untracked
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCABULARY_FILE = "vocabulary.txt"
@@ -173,7 +181,8 @@ class BertPreprocessor(keras.layers.Layer):
         sequence_length: length of every packed sequence.
 
     Call arguments:
-        inputs: a `(batch,)` string tensor or list, or a tuple of two of them.
+        inputs: a `(batch,)` string tensor or list (one segment), or a tuple of two of
+            them (two segments, e.g. question and passage).
 
     Returns:
         A dict of `token_ids`, `segment_ids` (0 for the first segment, 1 for the
@@ -193,24 +202,30 @@ class BertPreprocessor(keras.layers.Layer):
             raise ValueError(f"`sequence_length` must be at least 3. Received: {sequence_length!r}")
         self.tokenizer = tokenizer
         self.sequence_length = int(sequence_length)
+        self._untracked = Untracked(packer=None)
 
-    def build(self, inputs_shape=None):
-        self.packer = keras_hub.layers.MultiSegmentPacker(
-            sequence_length=self.sequence_length,
-            start_value=self.tokenizer.cls_token_id,
-            end_value=self.tokenizer.sep_token_id,
-            pad_value=self.tokenizer.pad_token_id,
-            truncate="round_robin",
-            dtype="int32",
-        )
-        self.built = True
+    def _packer(self):
+        # Made on first use and kept out of Keras' layer tracking (it has no weights):
+        # it needs the vocabulary's special ids, which a model being loaded from a
+        # .keras file only has once its vocabulary asset is read, after building.
+        if self._untracked.packer is None:
+            self._untracked.packer = keras_hub.layers.MultiSegmentPacker(
+                sequence_length=self.sequence_length,
+                start_value=self.tokenizer.cls_token_id,
+                end_value=self.tokenizer.sep_token_id,
+                pad_value=self.tokenizer.pad_token_id,
+                truncate="round_robin",
+                dtype="int32",
+            )
+        return self._untracked.packer
 
     def call(self, inputs):
-        if not self.built:
-            self.build()
-        segments = inputs if isinstance(inputs, (tuple, list)) and len(inputs) == 2 and not isinstance(inputs[0], str) else (inputs,)
+        # A tuple is two segments; anything else (a list or tensor of strings) is one.
+        segments = inputs if isinstance(inputs, tuple) else (inputs,)
+        if len(segments) not in (1, 2):
+            raise ValueError(f"BertPreprocessor packs one or two segments. Received {len(segments)}.")
         token_lists = tuple(self.tokenizer(segment) for segment in segments)
-        token_ids, segment_ids = self.packer(token_lists)
+        token_ids, segment_ids = self._packer()(token_lists)
         return {
             "token_ids": token_ids,
             "segment_ids": segment_ids,

@@ -216,6 +216,10 @@ def global_batch_size(per_replica_batch_size, strategy=None):
     """Per-replica batch size x replicas in sync (in the current strategy by default).
 
     Batch the dataset with this: each replica then gets `per_replica_batch_size` examples.
+
+    Example:
+    >>> global_batch_size(8)  # the default strategy: one replica
+    8
     """
     if isinstance(per_replica_batch_size, bool) or not isinstance(per_replica_batch_size, int) \
             or per_replica_batch_size < 1:
@@ -226,13 +230,18 @@ def global_batch_size(per_replica_batch_size, strategy=None):
 
 
 def describe_strategy(strategy):
-    """A one-line summary for logs, e.g. 'MirroredStrategy: 2 replicas on CPU:0, CPU:1'."""
+    """A one-line summary for logs, e.g. 'MirroredStrategy: 2 replicas in sync, on CPU:0, CPU:1'."""
     replicas = strategy.num_replicas_in_sync
     try:
         devices = ", ".join(d.split("device:")[-1] for d in strategy.extended.worker_devices)
     except (RuntimeError, AttributeError, NotImplementedError):
         devices = "the default device"
-    kind = "default strategy" if type(strategy).__name__.startswith("_Default") else type(strategy).__name__
+    kind = type(strategy).__name__
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        kind = "MultiWorkerMirroredStrategy"  # its class is CollectiveAllReduceStrategy
+        devices = f"this worker's {devices}"
+    elif kind.startswith("_Default"):
+        kind = "default strategy"
     return f"{kind}: {replicas} replica{'s' if replicas != 1 else ''} in sync, on {devices}"
 
 
@@ -258,12 +267,13 @@ def set_precision(precision):
 #
 # 1. `TensorFlowTrainer._maybe_symbolic_build` takes one batch from the distributed
 #    iterator only to learn its shapes and dtypes, and turns the per-replica batch into
-#    one with `strategy.reduce("MEAN", batch, axis=None)`. `Strategy.reduce` takes a
-#    single value, not a nest; MirroredStrategy's cross-device ops happen to cope, but
-#    MultiWorkerMirroredStrategy hands the (x, y) tuple of PerReplica values to its
-#    collective ops, which try to make a tensor of it: "Attempt to convert a value
+#    one with `strategy.reduce("MEAN", batch, axis=None)`. `Strategy.reduce` is meant for
+#    a single value, not a nest. MirroredStrategy copes, but with more than one worker
+#    MultiWorkerMirroredStrategy hands the whole (x, y) tuple of PerReplica values to its
+#    collective ops, which try to make one tensor of it: "Attempt to convert a value
 #    (PerReplica: ...) with an unsupported type". (Averaging token ids across workers
-#    would be meaningless anyway, and an eager collective outside the train function.)
+#    would be meaningless anyway, and it would be an eager collective outside `fit`'s
+#    train function.)
 #    Fix: keep the first local replica's part of each value; it has the right shape and
 #    dtype, and nothing crosses workers.
 #
