@@ -20,6 +20,10 @@ def _positive_int(text):
     return value
 
 
+def _devices(text):
+    return int(text) if text.isdigit() else text
+
+
 def _add_sampling(parser):
     parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens to add (default 48)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -53,6 +57,14 @@ def build_parser():
     gpt.add_argument("--max-corpus-characters", type=_positive_int,
                      help=f"cap on the built-in corpus (default {defaults.max_corpus_characters:,})")
     gpt.add_argument("--run-dir", help=f"checkpoints, logs and model.keras (default {defaults.run_dir})")
+    gpt.add_argument("--strategy", choices=("auto", "cpu", "mirrored", "multi_worker", "tpu"),
+                     help="tf.distribute strategy (default auto: TPU, else all GPUs, else one device); "
+                          "multi_worker reads TF_CONFIG")
+    gpt.add_argument("--devices", type=_devices,
+                     help="mirrored: number of replicas (GPUs, or logical CPUs to split the CPU into); "
+                          "tpu: the TPU's name or address")
+    gpt.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                     help="mixed_bfloat16 for CPU/TPU, mixed_float16 (with loss scaling) for GPU")
     gpt.add_argument("--export-root", default="savedmodels", help="SavedModel export root")
     gpt.add_argument("--name", default="gpt", help="exported model name")
     gpt.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
@@ -130,7 +142,8 @@ def generate_with_saved_model(path, prompts, max_new_tokens):
 QUICK = dict(preset="gpt_test", vocabulary_size=512, sequence_length=64, batch_size=8, epochs=2,
              steps_per_epoch=5, warmup_steps=2, max_corpus_characters=200_000, run_dir="runs/gpt_quick")
 TRAINING_OPTIONS = ("preset", "vocabulary_size", "sequence_length", "batch_size", "epochs", "steps_per_epoch",
-                    "learning_rate", "max_corpus_characters", "run_dir", "checkpoint_every")
+                    "learning_rate", "max_corpus_characters", "run_dir", "checkpoint_every", "strategy",
+                    "devices", "precision")
 
 
 def command_train(args):
@@ -141,6 +154,8 @@ def command_train(args):
     settings.update({name: getattr(args, name) for name in TRAINING_OPTIONS if getattr(args, name) is not None})
     config = GPTTrainingConfig(corpus=args.corpus, **settings)
     model, _ = train_gpt(config)
+    if config.strategy == "multi_worker" and not os.path.isfile(os.path.join(config.run_dir, "model.keras")):
+        return 0  # another worker writes and exports the model
     prompts = config.sample_prompts
     if args.no_export:
         for prompt, text in zip(prompts, model.generate(prompts, max_new_tokens=48)):
@@ -235,7 +250,7 @@ def main(argv=None):
                 "export": command_export}
     try:
         return handlers[args.command](args)
-    except ValueError as error:
+    except (ValueError, RuntimeError) as error:
         print(f"tfzoo: error: {error}", file=sys.stderr)
         return 2
 

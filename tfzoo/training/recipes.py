@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 
 import keras
 
@@ -10,6 +12,7 @@ from tfzoo.data import language_model_dataset, python_docstrings, read_text_file
 from tfzoo.models import GPT
 from tfzoo.text import train_byte_pair_tokenizer
 from tfzoo.training.callbacks import StepCheckpoint, TextSamples, latest_checkpoint, restore_latest
+from tfzoo.training.distribute import describe_strategy, get_strategy, global_batch_size, read_tf_config, set_precision
 
 SAMPLE_PROMPTS = ["Return the", "If the", "This module"]
 
@@ -23,7 +26,7 @@ class GPTTrainingConfig:
     preset: str = "gpt_tiny"  # a name in tfzoo.models.presets.GPT_PRESETS
     vocabulary_size: int = 4096  # BPE vocabulary trained on the corpus
     sequence_length: int = 128  # tokens per training window
-    batch_size: int = 16
+    batch_size: int = 16  # per replica: the global batch is this times the number of replicas
     epochs: int = 3
     steps_per_epoch: int = 100  # None = one pass over the corpus per epoch
     checkpoint_every: int = None  # also checkpoint every N steps (epoch ends always are)
@@ -34,6 +37,9 @@ class GPTTrainingConfig:
     run_dir: str = "runs/gpt"  # checkpoints/, logs/ and model.keras go here
     sample_prompts: list = dataclasses.field(default_factory=lambda: list(SAMPLE_PROMPTS))
     seed: int = 0
+    strategy: str = "auto"  # a name for tfzoo.training.get_strategy: auto, cpu, mirrored, multi_worker, tpu
+    devices: object = None  # for mirrored: replicas (GPUs, or logical CPUs); for tpu: its name
+    precision: str = "float32"  # or mixed_bfloat16 (CPU, TPU), mixed_float16 (GPU, with loss scaling)
 
 
 def _check(config):
@@ -67,28 +73,35 @@ def train_gpt(config, log=print):
     shuffle, not the exact batches the interrupted run would have seen.
     """
     _check(config)
-    keras.utils.set_random_seed(config.seed)
-    run_dir = config.run_dir
-    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    # The strategy first: some configure the runtime, which must happen before any op.
+    strategy = get_strategy(config.strategy, config.devices)
+    set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)  # the same seed on every worker: the same shuffles
+    checkpoint_dir = os.path.join(config.run_dir, "checkpoints")
+    # Every worker reads the chief's checkpoints; only the chief writes into run_dir.
+    run_dir = config.run_dir if _is_chief(config.strategy) else tempfile.mkdtemp(prefix="tfzoo_worker_")
+    write_dir = os.path.join(run_dir, "checkpoints")
     os.makedirs(run_dir, exist_ok=True)
+    log(f"strategy: {describe_strategy(strategy)}; precision {config.precision}")
 
     texts = read_text_files(config.corpus) if config.corpus else python_docstrings(config.max_corpus_characters)
     log(f"corpus: {len(texts)} documents, {sum(len(t) for t in texts):,} characters"
         + ("" if config.corpus else " (Python standard library docstrings)"))
 
     checkpoint_path, done_steps = latest_checkpoint(checkpoint_dir)
-    if checkpoint_path:
-        # Resume: the checkpoint holds the tokenizer, so token ids stay the same.
-        model = keras.models.load_model(checkpoint_path, compile=False)
-        tokenizer = model.tokenizer
-        log(f"resuming from {checkpoint_path} (step {done_steps})")
-    else:
-        tokenizer = train_byte_pair_tokenizer(texts, config.vocabulary_size)
-        model = GPT.from_preset(
-            config.preset, vocabulary_size=tokenizer.vocabulary_size(), tokenizer=tokenizer,
-            dropout=config.dropout,
-        )
-        log(f"tokenizer: byte-level BPE, {tokenizer.vocabulary_size()} tokens")
+    with strategy.scope():
+        if checkpoint_path:
+            # Resume: the checkpoint holds the tokenizer, so token ids stay the same.
+            model = keras.models.load_model(checkpoint_path, compile=False)
+            tokenizer = model.tokenizer
+            log(f"resuming from {checkpoint_path} (step {done_steps})")
+        else:
+            tokenizer = train_byte_pair_tokenizer(texts, config.vocabulary_size)
+            model = GPT.from_preset(
+                config.preset, vocabulary_size=tokenizer.vocabulary_size(), tokenizer=tokenizer,
+                dropout=config.dropout,
+            )
+            log(f"tokenizer: byte-level BPE, {tokenizer.vocabulary_size()} tokens")
     if config.sequence_length > model.max_sequence_length:
         raise ValueError(
             f"`sequence_length`={config.sequence_length} exceeds the preset's "
@@ -97,23 +110,25 @@ def train_gpt(config, log=print):
 
     token_ids = tokenize_corpus(texts, tokenizer, tokenizer.end_token_id)
     split = int(len(token_ids) * (1 - config.validation_fraction))
-    train_data = language_model_dataset(token_ids[:split], config.sequence_length, config.batch_size, seed=config.seed)
+    batch_size = global_batch_size(config.batch_size, strategy)
+    train_data = language_model_dataset(token_ids[:split], config.sequence_length, batch_size, seed=config.seed)
     validation_data = None
     if config.validation_fraction > 0:
         validation_data = language_model_dataset(
-            token_ids[split:], config.sequence_length, config.batch_size, shuffle=False, drop_remainder=False
+            token_ids[split:], config.sequence_length, batch_size, shuffle=False, drop_remainder=False
         )
-    windows_per_epoch = split // (config.sequence_length + 1) // config.batch_size
+    windows_per_epoch = split // (config.sequence_length + 1) // batch_size
     steps_per_epoch = config.steps_per_epoch or max(windows_per_epoch, 1)
     planned_steps = steps_per_epoch * config.epochs
     log(f"data: {len(token_ids):,} tokens; {config.epochs} epochs of {steps_per_epoch} steps of "
-        f"{config.batch_size} x {config.sequence_length} tokens")
+        f"{batch_size} x {config.sequence_length} tokens")
     train_data = train_data.repeat()  # epochs are counted in steps
 
     schedule = learning_rate_schedule(config.learning_rate, config.warmup_steps, planned_steps)
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0))
-    model.build()
-    done_steps = restore_latest(model, checkpoint_dir)  # weights and optimizer state, when resuming
+    with strategy.scope():
+        model.compile(optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.01, clipnorm=1.0))
+        model.build()
+        done_steps = restore_latest(model, checkpoint_dir)  # weights and optimizer state, when resuming
     if done_steps > planned_steps:
         raise ValueError(
             f"{run_dir} holds a checkpoint at step {done_steps}, beyond this plan's {planned_steps} steps "
@@ -126,7 +141,7 @@ def train_gpt(config, log=print):
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=log_dir),
         TextSamples(config.sample_prompts, log_dir),
-        StepCheckpoint(checkpoint_dir, steps_per_epoch, every=config.checkpoint_every),
+        StepCheckpoint(write_dir, steps_per_epoch, every=config.checkpoint_every),
     ]
     fit = dict(x=train_data, validation_data=validation_data, callbacks=callbacks, shuffle=False,
                verbose=1 if log is print else 2)
@@ -142,7 +157,19 @@ def train_gpt(config, log=print):
         history = model.fit(epochs=config.epochs, initial_epoch=epoch, steps_per_epoch=steps_per_epoch, **fit)
     final_path = os.path.join(run_dir, "model.keras")
     model.save(final_path)
-    log(f"saved {final_path}")
+    if run_dir == config.run_dir:
+        log(f"saved {final_path}")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a non-chief worker's scratch copy
     return model, history
+
+
+def _is_chief(strategy_name):
+    """Whether this process writes the run folder: always, except on multi-worker's other workers."""
+    if strategy_name != "multi_worker":
+        return True
+    task = read_tf_config()["task"]
+    return task["type"] == "chief" or (task["type"] == "worker" and task.get("index", 0) == 0
+                                       and "chief" not in read_tf_config()["cluster"])
 
 
