@@ -333,3 +333,65 @@ def test_mirrored_over_two_logical_cpus_trains_like_one_device(tmp_path, referen
     assert mirrored["replicas"] == 2
     assert mirrored["strategy"] == "MirroredStrategy: 2 replicas in sync, on CPU:0, CPU:1"
     _assert_matches_reference(mirrored, reference)
+
+
+# ---------------------------------------------------------------------------- fault tolerance
+def _start_cli_workers(folder, run_dir, attempt):
+    """Starts `tfzoo train gpt --strategy multi_worker` as 2 worker processes; returns them."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    processes = []
+    for index in range(2):
+        log = open(folder / f"attempt{attempt}_worker{index}.log", "w")
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tfzoo.cli", "train", "gpt", "--quick", "--strategy", "multi_worker",
+             "--epochs", "2", "--steps-per-epoch", "60", "--checkpoint-every", "20", "--run-dir", run_dir,
+             "--no-export"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": tf_config},
+        )
+        processes.append((process, log))
+    return processes
+
+
+def _stop(processes):
+    for process, log in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_a_killed_two_worker_run_resumes_when_both_workers_restart(tmp_path):
+    from tests.test_cli import optimizer_steps
+    from tfzoo.training import latest_checkpoint
+
+    run_dir = str(tmp_path / "run")
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    first = _start_cli_workers(tmp_path, run_dir, 1)
+    try:
+        deadline = time.time() + PROCESS_TIMEOUT
+        while not os.path.exists(os.path.join(checkpoints, "step_0000020.keras")):
+            assert all(p.poll() is None for p, _ in first), "a worker ended before the first checkpoint"
+            assert time.time() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+        first[1][0].kill()  # worker 1 dies; worker 0 then waits on it forever, so it goes too
+        time.sleep(1)
+    finally:
+        _stop(first)
+    resumed_from = latest_checkpoint(checkpoints)[1]
+    assert 20 <= resumed_from < 120 and not os.path.exists(os.path.join(run_dir, "model.keras"))
+
+    second = _start_cli_workers(tmp_path, run_dir, 2)
+    try:
+        for process, _ in second:
+            process.wait(timeout=PROCESS_TIMEOUT)
+    finally:
+        _stop(second)
+    logs = [(tmp_path / f"attempt2_worker{index}.log").read_text() for index in range(2)]
+    for (process, _), log in zip(second, logs):
+        assert process.returncode == 0, log[-3000:]
+        assert f"(step {resumed_from})" in log  # both workers resumed from the chief's checkpoint
+    assert optimizer_steps(os.path.join(run_dir, "model.keras")) == 120  # the planned steps, no more
+    assert latest_checkpoint(checkpoints)[1] == 120
