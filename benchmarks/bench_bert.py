@@ -23,7 +23,6 @@ ratio tfzoo / keras-hub. Results go to benchmarks/results/.
     python benchmarks/bench_bert.py --rounds 3 --no-predict
 """
 
-import argparse
 import gc
 import os
 import statistics
@@ -37,7 +36,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    KERAS_HUB, RESULTS, TFZOO, Logger, format_table, load_average, machine_info, order_for_round,
+    KERAS_HUB, RESULTS, TFZOO, Logger, benchmark_parser, checked_args, format_table, load_average, machine_info,
+    order_for_round,
     print_report, summarize, write_json,
 )
 
@@ -68,18 +68,9 @@ JIT = {"xla": True, "default": False}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=None, help="rounds to take medians over (full: 5, quick: 1)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and few calls: a smoke test")
+    parser = benchmark_parser(__doc__.split("\n\n")[0], "bench_bert", full_rounds=5)
     parser.add_argument("--no-predict", action="store_true", help="skip the `model.predict` measures")
-    parser.add_argument(
-        "--output", default=None,
-        help="JSON path (default benchmarks/results/bench_bert.json, or bench_bert_quick.json with --quick)",
-    )
-    args = parser.parse_args(argv)
-    if args.rounds is not None and args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
-    return args
+    return checked_args(parser, argv)
 
 
 # ---------------------------------------------------------------------------- models

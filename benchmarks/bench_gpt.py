@@ -19,7 +19,6 @@ rounds with the ratio tfzoo / keras-hub. Results go to benchmarks/results/.
     python benchmarks/bench_gpt.py --only generate --rounds 5
 """
 
-import argparse
 import gc
 import os
 import statistics
@@ -33,7 +32,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    KERAS_HUB, RESULTS, TFZOO, Logger, format_table, load_average, machine_info, order_for_round,
+    KERAS_HUB, RESULTS, TFZOO, Logger, benchmark_parser, checked_args, format_table, load_average, machine_info,
+    order_for_round,
     print_report, summarize, write_json,
 )
 SYSTEM_NAMES = {TFZOO: "tfzoo GPT", KERAS_HUB: "keras-hub GPT2"}
@@ -68,18 +68,9 @@ SETTINGS = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=None, help="rounds to take medians over (full: 3, quick: 1)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and few steps: a smoke test")
+    parser = benchmark_parser(__doc__.split("\n\n")[0], "bench_gpt", full_rounds=3)
     parser.add_argument("--only", choices=("train", "generate"), default=None, help="run one part only")
-    parser.add_argument(
-        "--output", default=None,
-        help="JSON path (default benchmarks/results/bench_gpt.json, or bench_gpt_quick.json with --quick)",
-    )
-    args = parser.parse_args(argv)
-    if args.rounds is not None and args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
-    return args
+    return checked_args(parser, argv)
 
 
 # ---------------------------------------------------------------------------- models

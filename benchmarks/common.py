@@ -19,6 +19,28 @@ RESULTS = os.path.join(HERE, "results")
 TFZOO, KERAS_HUB = "tfzoo", "keras_hub"
 
 
+def benchmark_parser(description, name, full_rounds):
+    """The flags every benchmark shares: --rounds, --quick, --output (JSON under results/)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help=f"rounds to take medians over (full: {full_rounds}, quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few calls: a smoke test")
+    parser.add_argument(
+        "--output", default=None,
+        help=f"JSON path (default benchmarks/results/{name}.json, or {name}_quick.json with --quick)",
+    )
+    return parser
+
+
+def checked_args(parser, argv=None):
+    args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    return args
+
+
 def order_for_round(round_index):
     """tfzoo first in even rounds, keras-hub first in odd ones: load hits both alike."""
     return (TFZOO, KERAS_HUB) if round_index % 2 == 0 else (KERAS_HUB, TFZOO)
