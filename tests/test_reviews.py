@@ -9,7 +9,12 @@ import pytest
 from tfzoo.data import movie_review_snippets
 from tfzoo.data.reviews import ARCHIVE_NAME, _default_archive
 
-SNIPPETS = "1\t2.26666666667\tA splash of a film.\r\n2\t-0.6\tEffective but too tepid biopic\r\n3\t0.0\tNeither here nor there.\r\n4\t-2.5\tCrummy.\r\n"
+SNIPPETS = (  # the real file's format: id, mean rating, text; tab-separated, CRLF line ends
+    "1\t2.26666666667\tA splash of a film.\r\n"
+    "2\t-0.6\tEffective but too tepid biopic\r\n"
+    "3\t0.0\tNeither here nor there.\r\n"
+    "4\t-2.5\tCrummy.\r\n"
+)
 
 
 def _tar_gz(members):

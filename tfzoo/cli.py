@@ -4,6 +4,7 @@
     tfzoo generate --model runs/gpt "def " --max-new-tokens 40
     tfzoo export --model runs/gpt/model.keras --name gpt
     tfzoo embed "A man is eating food." "A man is eating a piece of bread."
+    tfzoo serve savedmodels --port 8501   # TF Serving's REST API over every export
 """
 
 import argparse
@@ -99,6 +100,16 @@ def build_parser():
     export.add_argument("--name", help="the exported model's name (default: its family, e.g. gpt)")
     export.add_argument("--version", type=_positive_int, default=None, help="default: the next free version")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+
+    serve = commands.add_parser("serve", help="serve every SavedModel under an export root with TF Serving's "
+                                              "REST API (/v1/models/NAME:predict)")
+    serve.add_argument("root", nargs="?", default="savedmodels", help="export root: NAME/VERSION/saved_model.pb "
+                                                                      "(default savedmodels)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8501, help="port (default 8501, TF Serving's; 0 = any free one)")
+    serve.add_argument("--threads", type=_positive_int, default=8, help="request threads (default 8)")
+    serve.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20,
+                       help="larger request bodies get a 413 (default 1 MiB)")
     return parser
 
 
@@ -244,10 +255,19 @@ def command_export(args):
     return 0 if report["ok"] else 1
 
 
+def command_serve(args):
+    from tfzoo.serving import serve
+
+    try:
+        return serve(args.root, args.host, args.port, args.threads, args.max_body_bytes)
+    except OSError as error:  # e.g. the port is taken
+        raise RuntimeError(f"Cannot serve on {args.host}:{args.port}: {error}") from None
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     handlers = {"train": command_train, "generate": command_generate, "embed": command_embed,
-                "export": command_export}
+                "export": command_export, "serve": command_serve}
     try:
         return handlers[args.command](args)
     except (ValueError, RuntimeError) as error:

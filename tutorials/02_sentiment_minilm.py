@@ -29,10 +29,11 @@ python tutorials/02_sentiment_minilm.py           # 9,068 training snippets, 2 e
 python tutorials/02_sentiment_minilm.py --quick   # 512 snippets, 1 epoch (a smoke test)
 ```
 
-Measured on a shared 2-core CPU machine: the full run takes about XX minutes and
-reaches **XX% accuracy** on 1,000 held-out snippets; `--quick` takes about 55 s
-and reaches about 73% on 256 of them. A results summary (accuracy, timings,
-predictions) is written to `--output-dir` (default `tutorials/output/`).
+Measured on a 2-core CPU machine shared with other jobs: the full run took 18 minutes
+(1,098 s, of which `fit` 1,020 s: 568 steps at 1 to 2 s each) and reached
+**86.0% accuracy on 1,000 held-out snippets**, from 48% before fine-tuning. `--quick`
+takes 60 to 90 s there and reaches 72.7% on 256 of them. A results summary (accuracy,
+timings, predictions) is written to `--output-dir` (default `tutorials/output/`).
 """
 
 """
@@ -133,8 +134,9 @@ for text, label in list(zip(texts, labels))[:3]:
 The snippets come in the file's order. `keras.utils.split_dataset` shuffles them with a
 fixed seed and splits them into two `tf.data` datasets: the test split, which we do
 not touch until the very end, and the rest, whose first snippets are a validation
-split that `fit` evaluates after every epoch. The validation split is only watched, not trained on, but we look at it
-while choosing settings, so the honest score is the one on the test split.
+split that `fit` evaluates after every epoch. The validation split is only watched,
+not trained on, but we look at it while choosing settings, so the honest score is the
+one on the test split.
 
 The two classes are almost balanced, so always answering "negative" scores about 50%:
 that is the baseline to beat.
@@ -230,7 +232,7 @@ layer starts random; everything else starts from the checkpoint, and nothing is
 frozen: fine-tuning adjusts all 22.7M parameters.
 
 The optimizer is AdamW with a learning rate that decays linearly to 0 over the run,
-as in BERT's fine-tuning recipe. all-MiniLM-L6-v2 was trained to be read by averaging
+as in BERT's fine-tuning recipe (minus its warm-up). all-MiniLM-L6-v2 was trained to be read by averaging
 its token outputs, not through `[CLS]`, so the `[CLS]` path has to be taught too: a
 learning rate somewhat above BERT-base's usual 2e-5 to 5e-5 helps.
 
@@ -255,7 +257,9 @@ print(f"test accuracy before fine-tuning: {before:.3f}")
 """
 ## 5. Fine-tuning
 
-Plain `fit`, with the validation split evaluated after every epoch.
+Plain `fit`, with the validation split evaluated after every epoch. In the full run,
+the validation accuracy was 87.8% after the first epoch and 87.4% after the second,
+while the training accuracy went from 80% to 92%: a third epoch would mostly memorize.
 """
 
 print(f"\n== 5. Fine-tuning: {steps} steps of {batch_size} snippets ==")
@@ -267,7 +271,8 @@ print(f"fit took {fit_seconds:.0f} s")
 """
 ## 6. Held-out accuracy
 
-Now, and only now, the test split.
+Now, and only now, the test split. The full run scores 86.0% here (1,000 snippets:
+give or take 1.1%).
 """
 
 print("\n== 6. Held-out accuracy ==")
@@ -290,8 +295,11 @@ for sentence, probability in zip(NEW_SENTENCES, positive):
     print(f"  P(positive) = {probability:.2f}  {sentence}")
 
 """
-The clear-cut sentences get confident answers. The last two are harder: a complaint
-with no negative word, and a compliment made of negative words ("not", "bad").
+After the full run, the clear-cut sentences get confident answers (1.00 and 0.00), and
+so do the two harder ones: a complaint with no negative word (0.10) and a compliment
+made of negative words, "not" and "bad" (0.94). "An instant classic." gets only 0.64:
+a short verdict with no sentiment word in it. After `--quick`, the answers lean the
+right way on the clear-cut sentences (0.71 and 0.39) but are far from confident.
 
 ## Summary
 
