@@ -280,8 +280,12 @@ class GPT(keras.Model):
             for position, prompt in enumerate(prompts):
                 if not prompt:
                     raise ValueError(f"Prompt {position} is an empty string: give at least one character.")
-            # keras-hub tokenizers return Python lists when called eagerly.
-            token_lists = [list(ids) for ids in self.tokenizer(prompts)]
+            token_ids = self.tokenizer(prompts)
+            # keras-hub tokenizers return Python lists when called eagerly; tfzoo's
+            # own return ragged tensors.
+            if isinstance(token_ids, tf.RaggedTensor):
+                token_ids = token_ids.to_list()
+            token_lists = [[int(token) for token in ids] for ids in token_ids]
         else:
             token_lists = [np.asarray(prompt).reshape(-1).tolist() for prompt in prompts]
         for position, ids in enumerate(token_lists):
@@ -350,6 +354,8 @@ class GPT(keras.Model):
         if not token_ids:
             return ""
         text = self.tokenizer.detokenize([token_ids])[0]
+        if isinstance(text, tf.Tensor):
+            text = text.numpy()
         return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
 
     def _generate_cached(self, token_lists, max_new_tokens, temperature, top_k, top_p,
