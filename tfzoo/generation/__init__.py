@@ -1,5 +1,6 @@
 """Sampling and the cached decode loop."""
 
+from tfzoo.generation.beam_search import beam_search, validate_beam_search
 from tfzoo.generation.decoding import decode_loop, left_pad
 from tfzoo.generation.sampling import (
     filter_top_k,
@@ -11,6 +12,7 @@ from tfzoo.generation.sampling import (
 )
 
 __all__ = [
+    "beam_search",
     "decode_loop",
     "filter_top_k",
     "filter_top_p",
@@ -18,5 +20,6 @@ __all__ = [
     "next_token",
     "sampler",
     "tensor_sampler",
+    "validate_beam_search",
     "validate_sampling",
 ]
