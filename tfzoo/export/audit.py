@@ -5,6 +5,11 @@ The audit reads every op of a SavedModel (the graph and all its functions) and s
 them by who registers them, asking a fresh Python process that imports only
 TensorFlow, then tensorflow-text: the answer does not depend on what this process
 has imported. `Xla*` ops are flagged too: the stock TF Serving runs without XLA.
+
+A TFLite model is audited from its flatbuffer: every builtin op is fine, and so is a
+custom op that tensorflow-text ships a TFLite kernel for; a Flex op (TensorFlow ops
+run through the Flex delegate, which no runtime here has) or any other custom op is
+flagged.
 """
 
 import json
@@ -78,3 +83,123 @@ def format_report(path, report):
         lines.append(f"  need XLA (TF Serving disables it by default): {', '.join(report['xla'])}")
     lines.append("  OK for TF Serving" if report["ok"] else "  NOT servable by a stock TF Serving")
     return "\n".join(lines)
+
+
+# Custom ops with TFLite kernels in tensorflow-text (`tensorflow_text.tflite_registrar`),
+# by the names the converter writes into the model.
+TENSORFLOW_TEXT_TFLITE_OPS = frozenset({
+    "FastBertNormalize",
+    "FastWordpieceTokenizeWithOffsets",
+    "RaggedTensorToTensor",
+    "SentenceFragmentsV2",
+    "TFText>ByteSplitByOffsets",
+    "TFText>ByteSplitWithOffsets",
+    "TFText>FastSentencepieceDetokenize",
+    "TFText>FastSentencepieceTokenize",
+    "TFText>FastWordpieceDetokenize",
+    "TFText>NgramsStringJoin",
+    "TFText>RoundRobinGenerateMasks",
+    "TFText>RoundRobinTrim",
+    "TFText>Utf8Binarize",
+    "TFText>WhitespaceTokenizeWithOffsetsV2",
+})
+# Ops whose tensorflow-text kernel crashes (segfault) in ai-edge-litert 2.3 and
+# tf.lite 2.21: flagged although a kernel is registered.
+TFLITE_KERNELS_THAT_CRASH = frozenset({"TFText>FastSentencepieceDetokenize"})
+
+
+def tflite_ops(path):
+    """How often each op occurs in a `.tflite` file, over all its subgraphs.
+
+    Builtin ops are named as in TFLite's schema (`FULLY_CONNECTED`, `WHILE`), custom
+    ops by their custom name (`TFText>FastSentencepieceTokenize`, `FlexStringJoin`).
+    Returns `({name: count}, custom_names)`.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    if not os.path.isfile(path):
+        raise ValueError(f"No TFLite model at {path!r}.")
+    with open(path, "rb") as file:
+        content = file.read()
+    try:
+        model = schema.Model.GetRootAs(content, 0)
+        subgraph_count = model.SubgraphsLength()
+    except Exception as error:  # a truncated or foreign file fails deep in flatbuffers
+        raise ValueError(f"{path!r} is not a TFLite model: {error}") from None
+    builtin_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    codes, custom = [], set()
+    for index in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(index)
+        # Codes below 127 may sit in the deprecated field only (older writers).
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            name = code.CustomCode().decode("utf-8")
+            custom.add(name)
+        else:
+            name = builtin_names.get(builtin, f"BUILTIN_{builtin}")
+        codes.append(name)
+    counts = {}
+    for subgraph_index in range(subgraph_count):
+        subgraph = model.Subgraphs(subgraph_index)
+        for operator_index in range(subgraph.OperatorsLength()):
+            name = codes[subgraph.Operators(operator_index).OpcodeIndex()]
+            counts[name] = counts.get(name, 0) + 1
+    return counts, custom
+
+
+def audit_tflite(path):
+    """Sorts a TFLite model's ops into builtin, tensorflow-text, Flex and unknown custom ops.
+
+    Returns a dict with `builtin`, `text`, `flex`, `unknown` and `crashing` (sorted
+    lists of op names), `counts` (`{name: count}`) and `ok`: true when a TFLite runtime
+    with only tensorflow-text's kernels registered can run every op.
+    """
+    counts, custom = tflite_ops(path)
+    report = {
+        "builtin": sorted(name for name in counts if name not in custom),
+        "text": sorted(name for name in custom if name in TENSORFLOW_TEXT_TFLITE_OPS),
+        "flex": sorted(name for name in custom if name.startswith("Flex")),
+        "unknown": sorted(
+            name for name in custom if name not in TENSORFLOW_TEXT_TFLITE_OPS and not name.startswith("Flex")
+        ),
+        "crashing": sorted(name for name in custom if name in TFLITE_KERNELS_THAT_CRASH),
+        "counts": counts,
+    }
+    report["ok"] = not report["flex"] and not report["unknown"] and not report["crashing"]
+    return report
+
+
+def format_tflite_report(path, report):
+    """The TFLite audit in a few lines, as `tfzoo export --check` prints it."""
+    lines = [
+        f"{path}: {len(report['builtin'])} TFLite builtin ops, {len(report['text'])} tensorflow-text custom ops",
+        f"  tensorflow-text: {', '.join(report['text']) or '-'}",
+    ]
+    if report["flex"]:
+        lines.append(f"  Flex (need TensorFlow's Flex delegate): {', '.join(report['flex'])}")
+    if report["unknown"]:
+        lines.append(f"  custom ops no known kernel provides: {', '.join(report['unknown'])}")
+    if report["crashing"]:
+        lines.append(f"  custom ops whose kernel crashes this runtime: {', '.join(report['crashing'])}")
+    lines.append("  OK for TFLite (builtins + tensorflow-text)" if report["ok"]
+                 else "  NOT runnable by TFLite with builtins + tensorflow-text")
+    return "\n".join(lines)
+
+
+def check_export(path):
+    """Audits what `tfzoo export --check PATH` names: a `.tflite` file, or an export folder.
+
+    A folder's SavedModel is audited for TF Serving and each `.tflite` file in it for
+    TFLite. Returns `(text, ok)`: the reports, and whether every one passed.
+    """
+    if path.endswith(".tflite"):
+        report = audit_tflite(path)
+        return format_tflite_report(path, report), report["ok"]
+    report = audit_saved_model(path)
+    texts, ok = [format_report(path, report)], report["ok"]
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".tflite"):
+            tflite_report = audit_tflite(os.path.join(path, name))
+            texts.append(format_tflite_report(os.path.join(path, name), tflite_report))
+            ok = ok and tflite_report["ok"]
+    return "\n".join(texts), ok

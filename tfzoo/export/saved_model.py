@@ -15,6 +15,8 @@ lacks one, so optional settings get a signature of their own):
 - BERT classifier: `classify` = `serving_default` (`text`) -> `label`, `label_id`,
   `probabilities`; `classify_pair` (`first`, `second`) for two-segment inputs.
 - BERT encoder: `embed` = `serving_default` (`text`) -> `embedding` (mean-pooled, L2-normalized).
+- Seq2seq: `translate` = `serving_default` (`sentences`; greedy) and `translate_beam`
+  (beam search) -> `translation`, `token_ids`, `lengths`.
 
 Serving functions are traced without XLA: the stock TF Serving disables it.
 """
@@ -151,18 +153,77 @@ class EncoderServingModule(tf.Module):
         return {"serving_default": embed, "embed": embed}
 
 
+class Seq2SeqServingModule(tf.Module):
+    """A seq2seq translator with its tokenizers: sentences in, translations out.
+
+    Signatures: `translate` (= `serving_default`; greedy) and `translate_beam` (beam
+    search with the `beam_width` and `length_penalty` fixed at export), both
+    `sentences` -> `translation`, `token_ids`, `lengths`. An empty sentence, or one
+    longer than the model's maximum, fails the request with a message that says so.
+    """
+
+    def __init__(self, model, beam_width=4, length_penalty=0.6):
+        super().__init__()
+        if model.source_tokenizer is None or model.target_tokenizer is None:
+            raise ValueError("This seq2seq model has no tokenizer: a text-in, text-out export needs one.")
+        _require_built(model)
+        from tfzoo.generation import validate_beam_search
+
+        validate_beam_search(beam_width, length_penalty)
+        self.model = model
+        self.source_tokenizer = model.source_tokenizer
+        self.target_tokenizer = model.target_tokenizer
+        self.beam_width = int(beam_width)
+        self.length_penalty = float(length_penalty)
+
+    def _translate(self, sentences, beam_width, length_penalty):
+        model = self.model
+        ragged = tf.cast(self.source_tokenizer(sentences), tf.int32)  # (batch, None)
+        lengths = tf.cast(ragged.row_lengths(), tf.int32)
+        tf.debugging.assert_greater(tf.reduce_min(tf.concat([lengths, [1]], 0)), 0,
+                                    message="A sentence is empty: give at least one word.")
+        tf.debugging.assert_less_equal(
+            tf.reduce_max(tf.concat([lengths, [0]], 0)) + 1, model.max_sequence_length,
+            message=f"A sentence is longer than the model's max_sequence_length={model.max_sequence_length} tokens.")
+        ends = tf.RaggedTensor.from_tensor(tf.fill([tf.shape(sentences)[0], 1], model.end_token_id))
+        source = tf.concat([ragged.with_row_splits_dtype(tf.int64), ends], axis=1).to_tensor(model.pad_token_id)
+        tokens, new_lengths = model.generate_token_ids(
+            source, source != model.pad_token_id, model.max_sequence_length, model.max_sequence_length,
+            beam_width=beam_width, length_penalty=length_penalty,
+        )
+        new_ids = tf.RaggedTensor.from_tensor(tokens, lengths=new_lengths)
+        return {"translation": self.target_tokenizer.detokenize(new_ids), "token_ids": new_ids.to_tensor(0),
+                "lengths": new_lengths}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentences")])
+    def translate(self, sentences):
+        return self._translate(sentences, 1, 0.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentences")])
+    def translate_beam(self, sentences):
+        return self._translate(sentences, self.beam_width, self.length_penalty)
+
+    def signatures(self):
+        translate = self.translate.get_concrete_function()
+        return {"serving_default": translate, "translate": translate,
+                "translate_beam": self.translate_beam.get_concrete_function()}
+
+
 def serving_module(model, label_names=None):
     """The serving module for `model`'s family, or a ValueError naming the type."""
-    from tfzoo.models import GPT, BertClassifier, BertEncoder
+    from tfzoo.models import GPT, BertClassifier, BertEncoder, Seq2SeqTransformer
 
     if isinstance(model, GPT):
         return GPTServingModule(model)
+    if isinstance(model, Seq2SeqTransformer):
+        return Seq2SeqServingModule(model)
     if isinstance(model, BertClassifier):
         return ClassifierServingModule(model, label_names)
     if isinstance(model, BertEncoder):
         return EncoderServingModule(model)
     raise ValueError(
-        f"Cannot export a {type(model).__name__}: tfzoo exports GPT, BertClassifier and BertEncoder."
+        f"Cannot export a {type(model).__name__}: tfzoo exports GPT, BertClassifier, BertEncoder and "
+        "Seq2SeqTransformer."
     )
 
 

@@ -173,9 +173,9 @@ class MultiHeadAttention(keras.layers.Layer):
         query_length, key_length = ops.shape(queries)[1], ops.shape(keys)[1]
         mask = None
         if use_causal_mask:
-            mask = causal_mask(query_length, key_length, query_start)[None, :, :]  # (1, query, key)
+            mask = ops.expand_dims(causal_mask(query_length, key_length, query_start), 0)  # (1, query, key)
         if key_padding_mask is not None:
-            padding = ops.cast(key_padding_mask, "bool")[:, None, :]  # (batch, 1, key)
+            padding = ops.expand_dims(ops.cast(key_padding_mask, "bool"), 1)  # (batch, 1, key)
             mask = padding if mask is None else ops.logical_and(mask, padding)
         if attention_mask is not None:
             explicit = ops.cast(attention_mask, "bool")
@@ -185,7 +185,9 @@ class MultiHeadAttention(keras.layers.Layer):
         scores = ops.einsum("bqhd,bkhd->bhqk", queries * ops.cast(scale, queries.dtype), keys)
         scores = ops.cast(scores, "float32")  # softmax in float32, also under mixed precision
         if mask is not None:
-            scores = ops.where(mask[:, None, :, :], scores, -1e9)
+            # expand_dims here and above, not `mask[:, None]`: TFLite has no builtin for a
+            # new-axis slice of a tensor with two unknown dimensions.
+            scores = ops.where(ops.expand_dims(mask, 1), scores, -1e9)
         probabilities = ops.softmax(scores, axis=-1)  # (batch, heads, query, key)
         dropped = self.dropout_layer(ops.cast(probabilities, values.dtype), training=training)
         context = ops.einsum("bhqk,bkhd->bqhd", dropped, values)  # (batch, query, heads, value_dim)
