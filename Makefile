@@ -1,10 +1,15 @@
-# Developer shortcuts. The benchmarks compare tfzoo with keras-hub; see benchmarks/README.md.
+# Developer shortcuts. The benchmarks compare tfzoo with keras-hub, and with Hugging Face
+# transformers on PyTorch when installed (make bench-deps); see benchmarks/README.md.
 PYTHON ?= .venv/bin/python
 
-.PHONY: bench bench-quick bench-gpt bench-bert bench-serving
+.PHONY: bench bench-deps bench-quick bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite
 
-# Full runs, one after the other (about 15-20 minutes on 2 cores). Extra flags: make bench ARGS="--rounds 5"
-bench: bench-gpt bench-bert bench-serving
+# Full runs, one after the other (about 30-40 minutes on 2 cores). Extra flags: make bench ARGS="--rounds 5"
+bench: bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite
+
+# The optional PyTorch peer: torch==2.13.0 (the CPU build) and transformers.
+bench-deps:
+	$(PYTHON) -m pip install -e '.[bench]'
 
 bench-gpt:
 	$(PYTHON) benchmarks/bench_gpt.py $(ARGS)
@@ -12,11 +17,20 @@ bench-gpt:
 bench-bert:
 	$(PYTHON) benchmarks/bench_bert.py $(ARGS)
 
+bench-seq2seq:
+	$(PYTHON) benchmarks/bench_seq2seq.py $(ARGS)
+
 bench-serving:
 	$(PYTHON) benchmarks/bench_serving.py $(ARGS)
+
+# TFLite float32 and int8 against the Keras model: tokens/s, sizes, int8 agreement.
+bench-tflite:
+	$(PYTHON) benchmarks/bench_tflite.py $(ARGS)
 
 # Smoke tests with tiny sizes (about 2 minutes in all).
 bench-quick:
 	$(PYTHON) benchmarks/bench_gpt.py --quick
 	$(PYTHON) benchmarks/bench_bert.py --quick
+	$(PYTHON) benchmarks/bench_seq2seq.py --quick
 	$(PYTHON) benchmarks/bench_serving.py --quick
+	$(PYTHON) benchmarks/bench_tflite.py --quick

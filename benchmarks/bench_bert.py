@@ -1,8 +1,12 @@
-"""tfzoo's BertEncoder against keras-hub's BertBackbone: encoder inference, back to back.
+"""tfzoo's BertEncoder against keras-hub's BertBackbone and Hugging Face's BertModel on
+PyTorch: encoder inference, back to back.
 
-Both models are built from config with random weights (nothing is downloaded) on the
+All models are built from config with random weights (nothing is downloaded) on the
 design brief's "tiny BERT": vocabulary 8192, 4 layers, width 256, 4 heads, FFN 1024,
-512 positions, float32, dropout 0. Inputs are a batch of 32 x 128 tokens with
+512 positions, float32, dropout 0. Hugging Face transformers on PyTorch (CPU) is
+measured when installed (`pip install -e '.[bench]'`), eagerly under
+`torch.inference_mode()`, in the `tf.function` rows; it is skipped with a note
+otherwise. Inputs are a batch of 32 x 128 tokens with
 `token_ids`, `segment_ids` (a sentence pair per row) and a `padding_mask` whose real
 lengths are uniform in 64..128. Measured:
 
@@ -11,12 +15,14 @@ lengths are uniform in 64..128. Measured:
 2. the first call of that function on a freshly built model (tracing, compiling with
    XLA, and one run);
 3. sequences/s and first call of `model.predict`, what users of either library get
-   (Keras' default `jit_compile`, which is False on CPU, and `compile(jit_compile=True)`).
+   (Keras' default `jit_compile`, which is False on CPU, and `compile(jit_compile=True)`);
+4. model-FLOPs utilisation of the forward pass against a matmul peak measured here;
+5. peak resident memory of each system's encoder inference, each in a fresh process.
 
-Every measure is taken once per round for both systems: fresh models, their first calls
-back to back, then timed calls interleaved between tfzoo and keras-hub (the order
-alternates). The table reports medians over rounds of each round's median call, with the
-ratio tfzoo / keras-hub. Results go to benchmarks/results/.
+Every measure is taken once per round for every system: fresh models, their first calls
+back to back, then timed calls interleaved between the systems (the order rotates).
+The table reports medians over rounds of each round's median call, with the ratio of
+tfzoo to each peer. Results go to benchmarks/results/.
 
     python benchmarks/bench_bert.py                 # full run, 5 rounds (~5 min on 2 quiet cores, ~8 under load)
     python benchmarks/bench_bert.py --quick         # smoke test, tiny sizes (< 1 min)
@@ -24,6 +30,7 @@ ratio tfzoo / keras-hub. Results go to benchmarks/results/.
 """
 
 import gc
+import json
 import os
 import statistics
 import sys
@@ -36,10 +43,14 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    KERAS_HUB, RESULTS, TFZOO, Logger, benchmark_parser, checked_args, format_table, load_average, machine_info,
-    order_for_round,
-    print_report, summarize, write_json,
+    HF_TORCH, KERAS_HUB, RESULTS, TFZOO, Logger, benchmark_parser, check_targets, checked_args,
+    format_memory_table, format_mfu_table, format_table, format_targets, forward_flops_per_token, load_average, load_torch, machine_info,
+    measure_matmul_peak, measure_peak_memory, order_for_round, print_report, report_peak_memory, resident_bytes,
+    summarize, write_json,
 )
+
+# Set by main() when PyTorch and transformers are installed (and not --no-torch).
+TORCH = None
 
 # Sizes per mode. "full" is the number the team quotes; "quick" only checks the script runs.
 SETTINGS = {
@@ -51,6 +62,7 @@ SETTINGS = {
         warmup_calls=1,  # after the first (tracing/compiling) call
         calls=12,  # timed calls per system per round, interleaved; the median call is reported
         predict_variants=("default", "xla"),
+        matmul_sizes=(1024, 2048),
         rounds=5,  # cheap enough (~1 min a round), and the machine is noisy
     ),
     "quick": dict(
@@ -61,6 +73,7 @@ SETTINGS = {
         warmup_calls=1,
         calls=2,
         predict_variants=("default", "xla"),
+        matmul_sizes=(256, 512),
         rounds=1,
     ),
 }
@@ -70,7 +83,24 @@ JIT = {"xla": True, "default": False}
 def parse_args(argv=None):
     parser = benchmark_parser(__doc__.split("\n\n")[0], "bench_bert", full_rounds=5)
     parser.add_argument("--no-predict", action="store_true", help="skip the `model.predict` measures")
+    parser.add_argument("--no-torch", action="store_true", help="leave out Hugging Face transformers (PyTorch)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    # A peak-memory child: "SYSTEM", with the model's shapes as JSON (run by the parent).
+    parser.add_argument("--memory-child", default=None, help=argparse_hidden())
+    parser.add_argument("--memory-model", default=None, help=argparse_hidden())
     return checked_args(parser, argv)
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def systems(kind="function"):
+    """PyTorch has no `model.predict`: it takes part in the forward-pass rows only."""
+    with_torch = TORCH is not None and kind == "function"
+    return (TFZOO, KERAS_HUB) + ((HF_TORCH,) if with_torch else ())
 
 
 # ---------------------------------------------------------------------------- models
@@ -103,27 +133,54 @@ def build_keras_hub(preset):
     )
 
 
-BUILDERS = {TFZOO: build_tfzoo, KERAS_HUB: build_keras_hub}
+def build_hf(preset, arguments=None):
+    """BertModel with the same shapes: exact GELU, two segments, dropout 0, with the pooler."""
+    from transformers import BertConfig, BertModel
+
+    arguments = arguments or model_arguments(preset)
+    config = BertConfig(
+        vocab_size=arguments["vocabulary_size"],
+        hidden_size=arguments["hidden_dim"],
+        num_hidden_layers=arguments["num_layers"],
+        num_attention_heads=arguments["num_heads"],
+        intermediate_size=arguments["intermediate_dim"],
+        max_position_embeddings=arguments["max_sequence_length"],
+        type_vocab_size=2,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return BertModel(config).eval()
 
 
-def build(system, preset, seed):
+BUILDERS = {TFZOO: build_tfzoo, KERAS_HUB: build_keras_hub, HF_TORCH: build_hf}
+
+
+def build(system, preset, seed, arguments=None):
+    if system == HF_TORCH:
+        TORCH.manual_seed(seed)
+        return build_hf(preset, arguments)
     import keras
 
     keras.utils.set_random_seed(seed)
     return BUILDERS[system](preset)
 
 
+def parameter_count(system, model):
+    if system == HF_TORCH:
+        return int(sum(parameter.numel() for parameter in model.parameters()))
+    return int(model.count_params())
+
+
 # ---------------------------------------------------------------------------- inputs
-def make_inputs(settings, vocabulary_size, seed=0):
+def make_inputs(settings, vocabulary_size, seed=0, tensorflow=True):
     """One batch as each model takes it, and the real lengths.
 
     Each row is a sentence pair: `[CLS]`-like first token, segment 0 up to a random split,
     segment 1 to the row's length, then padding (token 0, segment 0, mask false).
     The padding mask is boolean for tfzoo ("true for real tokens") and int32 for keras-hub
-    (its `padding_mask` input is declared int32); the values are the same.
+    (its `padding_mask` input is declared int32); the values are the same. Hugging Face
+    takes its own names and int64 tensors. `tensorflow=False` skips TensorFlow's tensors
+    (a PyTorch memory child never imports TensorFlow).
     """
-    import tensorflow as tf
-
     rng = np.random.default_rng(seed)
     batch_size, sequence_length = settings["batch_size"], settings["sequence_length"]
     lengths = rng.integers(settings["min_length"], sequence_length + 1, batch_size)
@@ -140,8 +197,18 @@ def make_inputs(settings, vocabulary_size, seed=0):
         KERAS_HUB: {"token_ids": token_ids, "segment_ids": segment_ids,
                     "padding_mask": padding_mask.astype(np.int32)},
     }
-    tensor_inputs = {system: {key: tf.constant(value) for key, value in inputs.items()}
-                     for system, inputs in numpy_inputs.items()}
+    tensor_inputs = {}
+    if tensorflow:
+        import tensorflow as tf
+
+        tensor_inputs = {system: {key: tf.constant(value) for key, value in inputs.items()}
+                         for system, inputs in numpy_inputs.items()}
+    if TORCH is not None:
+        tensor_inputs[HF_TORCH] = {
+            "input_ids": TORCH.from_numpy(token_ids.astype(np.int64)),
+            "token_type_ids": TORCH.from_numpy(segment_ids.astype(np.int64)),
+            "attention_mask": TORCH.from_numpy(padding_mask.astype(np.int64)),
+        }
     return numpy_inputs, tensor_inputs, lengths
 
 
@@ -167,8 +234,17 @@ def make_forward(model, jit_compile):
     return forward
 
 
-def make_call(kind, variant, model, inputs, settings):
+def make_call(kind, variant, model, inputs, settings, system=TFZOO):
     """A no-argument function that runs one batch through `model` and returns its outputs."""
+    if system == HF_TORCH:
+        # Eager PyTorch in both the XLA and the no-XLA row: there is nothing to compile.
+        def call():
+            with TORCH.inference_mode():
+                outputs = model(**inputs)
+            return {"sequence_output": outputs.last_hidden_state.numpy(),
+                    "pooled_output": outputs.pooler_output.numpy()}
+
+        return call, False
     if kind == "function":
         function = make_forward(model, JIT[variant])
 
@@ -200,12 +276,12 @@ def measure_pair(kind, variant, round_index, settings, tensor_inputs, numpy_inpu
     compiles) and its first call; then both warm up, then the timed calls alternate
     A, B, B, A, A, B, ... so that load from other jobs hits both alike.
     """
-    order = order_for_round(round_index)
+    order = order_for_round(round_index, systems(kind))
     models, calls, jits, first = {}, {}, {}, {}
     for system in order:
         models[system] = build(system, settings["preset"], seed=round_index)
         inputs = tensor_inputs[system] if kind == "function" else numpy_inputs[system]
-        calls[system], jits[system] = make_call(kind, variant, models[system], inputs, settings)
+        calls[system], jits[system] = make_call(kind, variant, models[system], inputs, settings, system)
         first[system], outputs = timed(calls[system])
         check_outputs(system, outputs, settings, hidden_dim)
     for system in order:
@@ -215,7 +291,7 @@ def measure_pair(kind, variant, round_index, settings, tensor_inputs, numpy_inpu
     for index in range(settings["calls"]):
         for system in (order if index % 2 == 0 else order[::-1]):
             seconds[system].append(timed(calls[system])[0])
-    parameters = {system: int(model.count_params()) for system, model in models.items()}
+    parameters = {system: parameter_count(system, model) for system, model in models.items()}
     del models, calls
     gc.collect()
     return order, first, seconds, jits, parameters
@@ -236,7 +312,7 @@ def run(settings, rounds, log, with_predict=True):
             order, first, seconds, jits, parameters = measure_pair(
                 kind, variant, round_index, settings, tensor_inputs, numpy_inputs, arguments["hidden_dim"]
             )
-            if parameters[TFZOO] != parameters[KERAS_HUB]:
+            if len(set(parameters.values())) != 1:
                 raise RuntimeError(f"parameter counts differ: {parameters}")
             key = f"{kind}_{variant}"
             for system in order:
@@ -272,10 +348,77 @@ def describe_measures(settings):
     return rows
 
 
+def sequence_flops(settings):
+    """One sequence's forward pass: every padded position is computed, so all of them count.
+
+    2 x the matmul weights per token plus attention over the whole sequence (see
+    common.forward_flops_per_token), and the pooler's d x d matmul once per sequence.
+    """
+    arguments = model_arguments(settings["preset"])
+    length, width = settings["sequence_length"], arguments["hidden_dim"]
+    per_token = forward_flops_per_token(arguments["num_layers"], width, arguments["intermediate_dim"], context=length)
+    return per_token * length + 2 * width * width
+
+
+def utilisation_rows(results, settings, peak):
+    flops = sequence_flops(settings)
+    rows = []
+    for row in results:
+        if row["measure"].endswith("_sequences_per_second"):
+            rows.append((row["label"], {system: value["median"] * flops / (peak["peak_gflops"] * 1e9)
+                                        for system, value in row["systems"].items()}))
+    return rows, flops
+
+
+# ---------------------------------------------------------------------------- peak memory
+def memory_child(args, settings):
+    """In a fresh process: one system's encoder inference (XLA for TensorFlow), then its peak RSS."""
+    global TORCH
+    system = args.memory_child
+    if system == HF_TORCH:
+        TORCH = load_torch(wanted=True)
+        # transformers loads its model code lazily: count that as import, not as the model.
+        from transformers import BertConfig, BertModel  # noqa: F401
+
+        arguments = json.loads(args.memory_model)
+    else:
+        import keras  # noqa: F401
+        import keras_hub  # noqa: F401
+        import tensorflow  # noqa: F401
+
+        import tfzoo  # noqa: F401
+
+        arguments = model_arguments(settings["preset"])
+    # Both TensorFlow systems import the same libraries first, so their baselines match.
+    baseline = resident_bytes()
+    _, tensor_inputs, _ = make_inputs(settings, arguments["vocabulary_size"], tensorflow=system != HF_TORCH)
+    model = build(system, settings["preset"], seed=0, arguments=arguments)
+    call, _ = make_call("function", "xla", model, tensor_inputs[system], settings, system)
+    for _ in range(3):
+        call()
+    # A PyTorch child must not have loaded TensorFlow on the way (it would count ~500 MiB).
+    report_peak_memory(baseline, system=system, tensorflow_loaded="tensorflow" in sys.modules, workload="encode")
+
+
+def run_memory(settings, quick, log):
+    arguments = model_arguments(settings["preset"])
+    reports = {}
+    for system in systems():
+        command = ["--memory-child", system, "--memory-model", json.dumps(arguments)]
+        reports[system] = report = measure_peak_memory(
+            os.path.abspath(__file__), command + (["--quick"] if quick else []), log)
+        log(f"  peak memory encode {system:9s}: {report['peak_bytes'] / 2**20:6.0f} MiB "
+            f"(+{report['growth_bytes'] / 2**20:.0f} MiB over the process after imports)")
+    return reports
+
+
 def main(argv=None):
+    global TORCH
     args = parse_args(argv)
     mode = "quick" if args.quick else "full"
     settings = dict(SETTINGS[mode])
+    if args.memory_child:
+        return memory_child(args, settings)
     rounds = args.rounds or settings["rounds"]
     output = args.output or os.path.join(RESULTS, "bench_bert_quick.json" if args.quick else "bench_bert.json")
 
@@ -287,21 +430,44 @@ def main(argv=None):
     info = machine_info()
     log(f"bench_bert ({mode}): TF {info['tensorflow']}, Keras {info['keras']}, keras-hub {info['keras_hub']}, "
         f"{info['cpu_count']} CPUs, preset {settings['preset']} {model_arguments(settings['preset'])}")
+    TORCH = load_torch(log, wanted=not args.no_torch)
+    if TORCH is not None:
+        info["torch_threads"] = TORCH.get_num_threads()
+        log(f"  PyTorch {info['torch']} ({TORCH.get_num_threads()} threads), transformers {info['transformers']}")
 
+    log("matmul peak")
+    peak = measure_matmul_peak(log, sizes=settings["matmul_sizes"], torch=TORCH)
     measures, checks = run(settings, rounds, log, with_predict=not args.no_predict)
+    memory = {}
+    if not args.no_memory:
+        log("peak memory, one fresh process per system")
+        memory = run_memory(settings, args.quick, log)
 
     results = summarize(measures, describe_measures(settings))
     info["load_average_end"] = load_average()
     info["load_average_samples"] = log.load_samples
     elapsed = log.elapsed()
-    title = (f"tfzoo BertEncoder vs keras-hub BertBackbone, preset {settings['preset']} "
+    peers = "keras-hub BertBackbone" + (" and HF BertModel (PyTorch)" if TORCH is not None else "")
+    title = (f"tfzoo BertEncoder vs {peers}, preset {settings['preset']} "
              f"{model_arguments(settings['preset'])}, float32, random weights, {mode} mode")
-    table = format_table(results, rounds)
+    mfu_rows, flops = utilisation_rows(results, settings, peak)
+    tables = [format_table(results, rounds),
+              format_mfu_table(mfu_rows, peak) + f"\n\nForward FLOPs per sequence: {flops / 1e6:.0f} M (see README)."]
+    shape = f"{settings['batch_size']}x{settings['sequence_length']}"
+    if memory:
+        tables.append(format_memory_table([(f"encoder inference, batch {shape}, XLA / PyTorch eager", memory)]))
+    # Issue 8's target: encoder inference at least 1.2x keras-hub's BertBackbone with XLA.
+    targets = check_targets(results, [("function_xla_sequences_per_second", KERAS_HUB, "at least", 1.2,
+                                       "encoder inference vs keras-hub BertBackbone, both with XLA")])
+    tables.append(format_targets(targets))
+    table = "\n\n".join(tables)
     print_report(title, table, info, log)
     write_json(output, dict(
         benchmark="bench_bert", mode=mode, rounds=rounds, predict=not args.no_predict,
         model=model_arguments(settings["preset"]), settings=settings, machine=info,
-        results=results, checks=checks, table=table, elapsed_seconds=elapsed,
+        results=results, matmul_peak=peak, forward_flops_per_sequence=flops,
+        utilisation={label: values for label, values in mfu_rows}, peak_memory=memory, targets=targets,
+        checks=checks, table=table, elapsed_seconds=elapsed,
     ))
     return results
 

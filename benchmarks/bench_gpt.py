@@ -1,28 +1,35 @@
-"""tfzoo's GPT against keras-hub's GPT2, measured back to back in one run.
+"""tfzoo's GPT against keras-hub's GPT2 and Hugging Face's GPT2 on PyTorch, in one run.
 
-Both models are built from config with random weights (nothing is downloaded) on the
+All models are built from config with random weights (nothing is downloaded) on the
 design brief's "tiny GPT": vocabulary 8192, 4 layers, width 256, 4 heads, FFN 1024,
-sequence 256, float32. Measured:
+sequence 256, float32. Hugging Face transformers on PyTorch (CPU) is measured when
+installed (`pip install -e '.[bench]'`) and skipped with a note otherwise. Measured:
 
-1. training tokens/s, batch 16 x 256, next-token cross-entropy, Adam, `train_on_batch`
-   on in-memory batches, with Keras' default (no XLA on CPU) and with XLA;
+1. training tokens/s, batch 16 x 256, next-token cross-entropy, Adam, on in-memory
+   batches, with Keras' default (no XLA on CPU) and with XLA (PyTorch runs eagerly in both
+   rows), and the model-FLOPs utilisation against a matmul peak measured here;
 2. greedy generation, prompt 32 + 64 new tokens, new tokens/s at batch 1 and 8, with
-   and without XLA (stop tokens disabled on both sides; the counts are checked);
-3. the first `generate` call on a fresh model (tracing + compiling + one run).
+   and without XLA (stop tokens disabled on every side; the counts are checked);
+3. the first `generate` call on a fresh model (tracing + compiling + one run);
+4. tfzoo's exported SavedModel: its `generate` signature against in-process `generate`;
+5. peak resident memory of each system's training and generation, each in a fresh process.
 
-Every measure is taken once per round for each system, tfzoo and keras-hub back to
-back (their order alternates between rounds), and the table reports medians over
-rounds with the ratio tfzoo / keras-hub. Results go to benchmarks/results/.
+Every measure is taken once per round for each system, back to back (their order
+rotates between rounds), and the table reports medians over rounds with the ratio of
+tfzoo to each peer. Results go to benchmarks/results/.
 
-    python benchmarks/bench_gpt.py                  # full run (~15 min on 2 cores)
-    python benchmarks/bench_gpt.py --quick          # smoke test, tiny sizes (< 2 min)
+    python benchmarks/bench_gpt.py                  # full run (~20 min on 2 cores)
+    python benchmarks/bench_gpt.py --quick          # smoke test, tiny sizes (a few minutes)
     python benchmarks/bench_gpt.py --only generate --rounds 5
 """
 
 import gc
+import glob
+import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -32,11 +39,17 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    KERAS_HUB, RESULTS, TFZOO, Logger, benchmark_parser, checked_args, format_table, load_average, machine_info,
-    order_for_round,
-    print_report, summarize, write_json,
+    HF_TORCH, KERAS_HUB, RESULTS, SHORT_LABELS, TFZOO, Logger, benchmark_parser, check_targets, checked_args,
+    format_memory_table, format_mfu_table, format_table, format_targets, forward_flops_per_token, load_average, load_torch, machine_info,
+    measure_matmul_peak, measure_peak_memory, order_for_round, print_report, report_peak_memory, resident_bytes,
+    summarize, write_json,
 )
-SYSTEM_NAMES = {TFZOO: "tfzoo GPT", KERAS_HUB: "keras-hub GPT2"}
+SYSTEM_NAMES = {TFZOO: "tfzoo GPT", KERAS_HUB: "keras-hub GPT2", HF_TORCH: "HF GPT2LMHeadModel"}
+# Set by main() when PyTorch and transformers are installed (and not --no-torch).
+TORCH = None
+# The SavedModel comparison's three ways to generate, the export first (the reference).
+SAVEDMODEL, IN_PROCESS, IN_PROCESS_XLA = "savedmodel", "in_process", "in_process_xla"
+SHORT_LABELS.update({SAVEDMODEL: "SavedModel", IN_PROCESS: "in-process, no XLA", IN_PROCESS_XLA: "in-process, XLA"})
 
 # Sizes per mode. "full" is the number the team quotes; "quick" only checks the script runs.
 SETTINGS = {
@@ -50,6 +63,10 @@ SETTINGS = {
         new_tokens=64,
         generate_batch_sizes=(1, 8),
         generate_calls=7,  # timed calls per round, after the first (compiling) call
+        # The export's tokenizer must cover every id a random model can emit, or
+        # detokenizing fails: its vocabulary is the model's.
+        savedmodel_calls=7,  # timed calls per way per round, interleaved
+        matmul_sizes=(1024, 2048),
         rounds=3,
     ),
     "quick": dict(
@@ -62,6 +79,8 @@ SETTINGS = {
         new_tokens=16,
         generate_batch_sizes=(1, 8),
         generate_calls=2,
+        savedmodel_calls=2,
+        matmul_sizes=(256, 512),
         rounds=1,
     ),
 }
@@ -69,8 +88,24 @@ SETTINGS = {
 
 def parse_args(argv=None):
     parser = benchmark_parser(__doc__.split("\n\n")[0], "bench_gpt", full_rounds=3)
-    parser.add_argument("--only", choices=("train", "generate"), default=None, help="run one part only")
+    parser.add_argument("--only", choices=("train", "generate", "savedmodel", "memory"), default=None,
+                        help="run one part only")
+    parser.add_argument("--no-torch", action="store_true", help="leave out Hugging Face transformers (PyTorch)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    # A peak-memory child: "SYSTEM:WORKLOAD", with the model's shapes as JSON (run by the parent).
+    parser.add_argument("--memory-child", default=None, help=argparse_hidden())
+    parser.add_argument("--memory-model", default=None, help=argparse_hidden())
     return checked_args(parser, argv)
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def systems():
+    return (TFZOO, KERAS_HUB) + ((HF_TORCH,) if TORCH is not None else ())
 
 
 # ---------------------------------------------------------------------------- models
@@ -104,11 +139,73 @@ def build_keras_hub(preset):
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
 
 
-BUILDERS = {TFZOO: build_tfzoo, KERAS_HUB: build_keras_hub}
+def build_hf(preset, arguments=None):
+    """GPT2LMHeadModel with the same shapes: tied head, tanh GELU, dropout 0, no end token."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    arguments = arguments or model_arguments(preset)
+    config = GPT2Config(
+        vocab_size=arguments["vocabulary_size"],
+        n_positions=arguments["max_sequence_length"],
+        n_embd=arguments["hidden_dim"],
+        n_layer=arguments["num_layers"],
+        n_head=arguments["num_heads"],
+        n_inner=arguments["intermediate_dim"],
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        # GPT-2's own ids (50256) lie outside this vocabulary; no end token, like the others.
+        bos_token_id=None, eos_token_id=None, pad_token_id=0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+BUILDERS = {TFZOO: build_tfzoo, KERAS_HUB: build_keras_hub, HF_TORCH: build_hf}
+
+
+def build(system, preset, seed, arguments=None):
+    if system == HF_TORCH:
+        TORCH.manual_seed(seed)
+        return build_hf(preset, arguments)
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return BUILDERS[system](preset)
+
+
+def parameter_count(system, model):
+    if system == HF_TORCH:
+        return int(sum(parameter.numel() for parameter in model.parameters()))
+    return int(model.count_params())
+
+
+class TorchTrainer:
+    """PyTorch's training step with the Keras side's settings, behind `train_on_batch`.
+
+    Adam with learning rate 1e-4 and Keras' epsilon 1e-7, mean next-token cross-entropy
+    from logits; `loss.item()` waits for the step, as Keras' numpy result does.
+    """
+
+    jit_compile = False
+
+    def __init__(self, model):
+        self.model = model.train()
+        self.optimizer = TORCH.optim.Adam(model.parameters(), lr=1e-4, eps=1e-7)
+
+    def train_on_batch(self, x, y):
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(input_ids=x).logits
+        loss = TORCH.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def count_params(self):
+        return parameter_count(HF_TORCH, self.model)
 
 
 def compile_model(system, model, jit_compile):
     """Same optimizer, same loss, no metrics; `jit_compile=None` keeps Keras' default."""
+    if system == HF_TORCH:
+        return TorchTrainer(model)  # eager PyTorch: there is no jit_compile to set
     import keras
 
     kwargs = {} if jit_compile is None else {"jit_compile": jit_compile}
@@ -122,15 +219,24 @@ def compile_model(system, model, jit_compile):
 
 
 # ---------------------------------------------------------------------------- training
-def training_batches(settings, vocabulary_size, count=4, seed=0):
-    """A few in-memory batches of random tokens, as each model's `fit` input takes them."""
-    import tensorflow as tf
+def training_batches(settings, vocabulary_size, count=4, seed=0, tensorflow=True):
+    """A few in-memory batches of random tokens, as each model's `fit` input takes them.
 
+    `tensorflow=False` makes only PyTorch's (a PyTorch memory child never imports TensorFlow).
+    """
     rng = np.random.default_rng(seed)
-    batches = {TFZOO: [], KERAS_HUB: []}
+    batches = {TFZOO: [], KERAS_HUB: [], HF_TORCH: []}
     shape = (settings["train_batch_size"], settings["train_sequence_length"] + 1)
     for _ in range(count):
         tokens = rng.integers(0, vocabulary_size, shape, dtype=np.int32)
+        if TORCH is not None:
+            # PyTorch's embedding and cross-entropy take int64 ids.
+            batches[HF_TORCH].append((TORCH.from_numpy(tokens[:, :-1].astype(np.int64)),
+                                      TORCH.from_numpy(tokens[:, 1:].astype(np.int64))))
+        if not tensorflow:
+            continue
+        import tensorflow as tf
+
         inputs = tf.constant(tokens[:, :-1])
         labels = tf.constant(tokens[:, 1:])
         # tfzoo takes plain token ids; keras-hub's GPT2 always needs a padding mask.
@@ -159,8 +265,10 @@ def run_training(settings, rounds, log):
     measures, checks = {}, {}
     models = {}
     for variant, jit_compile in variants:
-        for system in (TFZOO, KERAS_HUB):
-            model = compile_model(system, BUILDERS[system](settings["preset"]), jit_compile)
+        for system in systems():
+            # PyTorch has no XLA switch here: it is measured eagerly again in the XLA row,
+            # back to back with the others like every measure.
+            model = compile_model(system, build(system, settings["preset"], seed=0), jit_compile)
             first, first_loss = train_steps(model, batches[system], 1)
             rest, loss = train_steps(model, batches[system], settings["train_warmup_steps"] - 1, start=1)
             models[variant, system] = model
@@ -175,7 +283,7 @@ def run_training(settings, rounds, log):
     for round_index in range(rounds):
         for variant, _ in variants:
             key = f"train_tokens_per_second_{variant}"
-            for system in order_for_round(round_index):
+            for system in order_for_round(round_index, systems()):
                 model = models[variant, system]
                 train_steps(model, batches[system], 1)  # re-warm caches after the other model ran
                 seconds, loss = train_steps(model, batches[system], settings["train_steps"], start=1)
@@ -215,6 +323,25 @@ def make_generate(system, model, prompts, new_tokens, jit_compile):
         def check_prompt(output):
             return True
 
+    elif system == HF_TORCH:
+        input_ids = TORCH.from_numpy(prompts.astype(np.int64))
+        attention_mask = TORCH.ones_like(input_ids)
+
+        def generate():
+            # min_new_tokens = max_new_tokens and no end token: exactly `new_tokens` per row.
+            with TORCH.inference_mode():
+                return model.generate(
+                    input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0,
+                    eos_token_id=None,
+                ).numpy()
+
+        def new_token_counts(output):
+            return [output.shape[1] - prompt_length] * output.shape[0]
+
+        def check_prompt(output):
+            return bool(np.array_equal(output[:, :prompt_length], prompts))
+
     else:
         token_ids = np.zeros((batch_size, prompt_length + new_tokens), np.int32)
         token_ids[:, :prompt_length] = prompts
@@ -243,8 +370,6 @@ def make_generate(system, model, prompts, new_tokens, jit_compile):
 
 
 def run_generation(settings, rounds, log):
-    import keras
-
     vocabulary_size = model_arguments(settings["preset"])["vocabulary_size"]
     new_tokens = settings["new_tokens"]
     measures, checks = {}, {}
@@ -252,11 +377,13 @@ def run_generation(settings, rounds, log):
         for variant, jit_compile in (("xla", True), ("default", False)):
             for batch_size in settings["generate_batch_sizes"]:
                 prompts = generation_prompts(settings, batch_size, vocabulary_size, seed=round_index)
-                for system in order_for_round(round_index):
+                for system in order_for_round(round_index, systems()):
                     # A fresh model per measure, so that the first call really traces and compiles.
-                    keras.utils.set_random_seed(round_index)
-                    model = BUILDERS[system](settings["preset"])
-                    if system == KERAS_HUB:
+                    model = build(system, settings["preset"], seed=round_index)
+                    if system == HF_TORCH:
+                        model.eval()
+                        actual_jit = False  # eager PyTorch in both rows
+                    elif system == KERAS_HUB:
                         # keras-hub takes jit_compile from compile(); Keras' default on CPU is False.
                         compile_model(system, model, True if jit_compile else None)
                         actual_jit = bool(model.jit_compile)
@@ -312,10 +439,257 @@ def describe_measures(settings):
     return rows
 
 
+def training_flops_per_token(settings):
+    """3 x the forward pass (forward, and backward at twice its cost), per trained token.
+
+    The forward counts 2 x the matmul weights (blocks and the tied d x vocabulary output
+    projection) plus attention over the training context; see common.forward_flops_per_token.
+    """
+    arguments = model_arguments(settings["preset"])
+    return 3 * forward_flops_per_token(
+        arguments["num_layers"], arguments["hidden_dim"], arguments["intermediate_dim"],
+        context=settings["train_sequence_length"], extra=arguments["hidden_dim"] * arguments["vocabulary_size"],
+    )
+
+
+def utilisation_rows(results, settings, peak):
+    flops = training_flops_per_token(settings)
+    rows = []
+    for row in results:
+        if row["measure"].startswith("train_tokens_per_second"):
+            rows.append((row["label"], {system: value["median"] * flops / (peak["peak_gflops"] * 1e9)
+                                        for system, value in row["systems"].items()}))
+    return rows, flops
+
+
+# ---------------------------------------------------------------------------- SavedModel
+def tokenizer_corpus(with_keras_hub=True):
+    """Lines of text and code on this machine: this repository's and keras-hub's model sources.
+
+    About 80,000 lines, enough for SentencePiece to fill the tiny GPT's 8,192 pieces
+    (this repository's 5,000 alone give about 3,700). Nothing is downloaded.
+    """
+    import keras_hub
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sources = [(root, "*.md"), (root, "docs/**/*.md"), (root, "tfzoo/**/*.py"), (root, "benchmarks/*.py")]
+    if with_keras_hub:
+        sources.append((os.path.join(os.path.dirname(keras_hub.__file__), "src", "models"), "**/*.py"))
+    lines = []
+    for folder, pattern in sources:
+        for path in sorted(glob.glob(os.path.join(folder, pattern), recursive=True)):
+            with open(path, encoding="utf-8") as handle:
+                lines += [line.strip() for line in handle if len(line.strip()) > 20]
+    return lines
+
+
+def savedmodel_prompts(tokenizer, corpus, batch_size, prompt_length, seed):
+    """`batch_size` strings cut from the corpus to about `prompt_length` tokens each."""
+    rng = np.random.default_rng(seed)
+    text = " ".join(corpus)
+    prompts = []
+    while len(prompts) < batch_size:
+        start = int(rng.integers(0, len(text) - 20 * prompt_length))
+        ids = tokenizer([text[start:start + 20 * prompt_length]]).to_list()[0][:prompt_length]
+        prompt = tokenizer.detokenize([ids]).numpy()[0].decode("utf-8").strip()
+        if prompt:
+            prompts.append(prompt)
+    return prompts
+
+
+def run_savedmodel(settings, rounds, log):
+    """The exported `generate` signature against in-process `GPT.generate`, same prompts.
+
+    Both sides take strings and return strings, stop at the tokenizer's end token (the
+    export's fixed setting) and decode greedily; every call must add exactly `new_tokens`
+    per row. The export is traced without XLA, so the like-for-like comparison is
+    in-process `jit_compile=False`; in-process XLA (the default) is reported too.
+    """
+    import keras
+    import tensorflow as tf
+
+    from tfzoo.export import export_gpt
+    from tfzoo.models import GPT
+    from tfzoo.text import train_sentencepiece_tokenizer
+
+    new_tokens = settings["new_tokens"]
+    vocabulary_size = model_arguments(settings["preset"])["vocabulary_size"]
+    corpus = tokenizer_corpus(with_keras_hub=vocabulary_size > 2000)
+    begin = time.perf_counter()
+    tokenizer = train_sentencepiece_tokenizer(corpus, vocabulary_size=vocabulary_size)
+    log(f"  SentencePiece tokenizer: {tokenizer.vocabulary_size()} pieces from {len(corpus)} lines of local "
+        f"sources, {time.perf_counter() - begin:.1f} s")
+    measures, checks = {}, dict(tokenizer_pieces=tokenizer.vocabulary_size())
+    if tokenizer.vocabulary_size() != vocabulary_size:
+        log(f"  the model's vocabulary shrinks to the tokenizer's {tokenizer.vocabulary_size()}")
+    keras.utils.set_random_seed(0)
+    model = GPT.from_preset(settings["preset"], dropout=0.0, tokenizer=tokenizer,
+                            vocabulary_size=tokenizer.vocabulary_size())
+    model.build()
+    with tempfile.TemporaryDirectory() as root:
+        begin = time.perf_counter()
+        path = export_gpt(model, root, "gpt")
+        exported = time.perf_counter() - begin
+        begin = time.perf_counter()
+        signature = tf.saved_model.load(path).signatures["generate"]
+        loaded = time.perf_counter() - begin
+        log(f"  exported in {exported:.1f} s, loaded in {loaded:.1f} s")
+        checks["export_seconds"], checks["load_seconds"] = exported, loaded
+        for batch_size in settings["generate_batch_sizes"]:
+            for attempt in range(10):
+                # Random weights may emit the end token early; take prompts that run 64 tokens.
+                prompts = savedmodel_prompts(tokenizer, corpus, batch_size, settings["prompt_length"],
+                                             seed=100 * batch_size + attempt)
+                exported_output = signature(prompts=tf.constant(prompts), max_new_tokens=tf.constant(new_tokens))
+                if (exported_output["lengths"].numpy() == new_tokens).all():
+                    break
+            token_lists = tokenizer(prompts).to_list()
+            in_process_ids = model.generate(token_lists, max_new_tokens=new_tokens, jit_compile=False)
+            same = in_process_ids == [row[:new_tokens] for row in exported_output["token_ids"].numpy().tolist()]
+            counts = exported_output["lengths"].numpy().tolist()
+            checks[f"batch{batch_size}"] = dict(
+                prompts=prompts, prompt_tokens=[len(ids) for ids in token_lists], new_tokens_per_row=counts,
+                in_process_same_tokens=bool(same), attempts=attempt + 1,
+            )
+            log(f"  batch {batch_size}: prompts of {min(map(len, token_lists))}-{max(map(len, token_lists))} "
+                f"tokens, {counts} new tokens, in-process tokens equal: {same}")
+            if counts != [new_tokens] * batch_size:
+                raise RuntimeError(f"the export generated {counts} tokens, expected {new_tokens} per row")
+
+            def check(texts):
+                if len(texts) != batch_size:
+                    raise RuntimeError(f"expected {batch_size} texts, got {len(texts)}")
+
+            calls = {
+                SAVEDMODEL: lambda prompts=prompts: signature(
+                    prompts=tf.constant(prompts), max_new_tokens=tf.constant(new_tokens))["text"].numpy(),
+                IN_PROCESS: lambda prompts=prompts: model.generate(prompts, max_new_tokens=new_tokens,
+                                                                   jit_compile=False),
+                IN_PROCESS_XLA: lambda prompts=prompts: model.generate(prompts, max_new_tokens=new_tokens,
+                                                                       jit_compile=True),
+            }
+            for round_index in range(rounds):
+                order = order_for_round(round_index, (SAVEDMODEL, IN_PROCESS, IN_PROCESS_XLA))
+                for way in order:
+                    check(calls[way]())  # the first in-process XLA call compiles
+                seconds = {way: [] for way in order}
+                for index in range(settings["savedmodel_calls"]):
+                    for way in (order if index % 2 == 0 else order[::-1]):
+                        begin = time.perf_counter()
+                        texts = calls[way]()
+                        seconds[way].append(time.perf_counter() - begin)
+                        check(texts)
+                for way in order:
+                    rate = batch_size * new_tokens / statistics.median(seconds[way])
+                    measures.setdefault(f"savedmodel_tokens_per_second_batch{batch_size}", {}).setdefault(
+                        way, []).append(rate)
+                    checks.setdefault(f"batch{batch_size}_{way}_call_seconds", []).append(seconds[way])
+                    log(f"  round {round_index + 1}/{rounds} batch {batch_size} {way:14s}: {rate:7.0f} new tokens/s")
+    return measures, checks
+
+
+def describe_savedmodel(settings):
+    prompt, new = settings["prompt_length"], settings["new_tokens"]
+    return [(f"savedmodel_tokens_per_second_batch{batch_size}",
+             f"greedy new tokens/s, text in and out, prompt ~{prompt} + {new}, batch {batch_size}", "higher")
+            for batch_size in settings["generate_batch_sizes"]]
+
+
+# ---------------------------------------------------------------------------- peak memory
+MEMORY_WORKLOADS = {
+    "train": "training, batch {tb}x{tl}, Keras default (no XLA) / PyTorch eager",
+    "generate": "greedy generation, batch {b}, XLA / PyTorch eager",
+}
+
+
+def memory_child(args, settings):
+    """In a fresh process: one system's workload, then its peak RSS on one line of stdout."""
+    system, workload = args.memory_child.split(":")
+    global TORCH
+    if system == HF_TORCH:
+        TORCH = load_torch(wanted=True)
+        # transformers loads its model code lazily: count that as import, not as the model.
+        from transformers import GPT2Config, GPT2LMHeadModel  # noqa: F401
+
+        arguments = json.loads(args.memory_model)
+    else:
+        import keras  # noqa: F401
+        import keras_hub  # noqa: F401
+        import tensorflow  # noqa: F401
+
+        import tfzoo  # noqa: F401
+
+        arguments = model_arguments(settings["preset"])
+    # Both TensorFlow systems import the same libraries first, so their baselines match.
+    baseline = resident_bytes()
+    model = build(system, settings["preset"], seed=0, arguments=arguments)
+    if workload == "train":
+        batches = training_batches(settings, arguments["vocabulary_size"], tensorflow=system != HF_TORCH)[system]
+        model = compile_model(system, model, None)
+        train_steps(model, batches, settings["train_warmup_steps"] + 2)
+    else:
+        batch_size = max(settings["generate_batch_sizes"])
+        prompts = generation_prompts(settings, batch_size, arguments["vocabulary_size"], seed=0)
+        if system == KERAS_HUB:
+            compile_model(system, model, True)
+        elif system == HF_TORCH:
+            model.eval()
+        generate, checked = make_generate(system, model, prompts, settings["new_tokens"], True)
+        for _ in range(3):
+            checked(generate())
+    # A PyTorch child must not have loaded TensorFlow on the way (it would count ~500 MiB).
+    report_peak_memory(baseline, system=system, tensorflow_loaded="tensorflow" in sys.modules, workload=workload)
+
+
+def run_memory(settings, quick, log):
+    arguments = model_arguments(settings["preset"])
+    reports = {}
+    for workload in MEMORY_WORKLOADS:
+        for system in systems():
+            command = ["--memory-child", f"{system}:{workload}", "--memory-model", json.dumps(arguments)]
+            report = measure_peak_memory(os.path.abspath(__file__), command + (["--quick"] if quick else []), log)
+            reports.setdefault(workload, {})[system] = report
+            log(f"  peak memory {workload:8s} {system:9s}: {report['peak_bytes'] / 2**20:6.0f} MiB "
+                f"(+{report['growth_bytes'] / 2**20:.0f} MiB over the process after imports)")
+    return reports
+
+
+def memory_rows(reports, settings):
+    labels = {workload: label.format(tb=settings["train_batch_size"], tl=settings["train_sequence_length"],
+                                     b=max(settings["generate_batch_sizes"]))
+              for workload, label in MEMORY_WORKLOADS.items()}
+    return [(labels[workload], values) for workload, values in reports.items()]
+
+
+# Issue 8's targets: (measure, peer, comparison, threshold, description).
+TARGETS = [
+    ("train_tokens_per_second_default", KERAS_HUB, "at least", 1.3,
+     "training tokens/s vs keras-hub GPT2, Keras default (no XLA)"),
+    ("train_tokens_per_second_xla", KERAS_HUB, "at least", 1.3, "training tokens/s vs keras-hub GPT2, XLA"),
+    ("generate_tokens_per_second_xla_batch1", KERAS_HUB, "at least", 2.0,
+     "greedy generation batch 1 vs keras-hub `generate` with jit_compile=True"),
+    ("generate_tokens_per_second_xla_batch8", KERAS_HUB, "at least", 1.5,
+     "greedy generation batch 8 vs keras-hub `generate` with jit_compile=True"),
+    ("generate_first_call_seconds_xla_batch1", KERAS_HUB, "at most", 1.0,
+     "first `generate` call, batch 1, XLA, no slower than keras-hub's"),
+    ("generate_first_call_seconds_xla_batch8", KERAS_HUB, "at most", 1.0,
+     "first `generate` call, batch 8, XLA, no slower than keras-hub's"),
+]
+SAVEDMODEL_TARGETS = [
+    (f"savedmodel_tokens_per_second_batch{batch_size}", peer, "at least", 0.9,
+     f"SavedModel `generate` within 10% of in-process {what}, batch {batch_size}")
+    for batch_size in (1, 8)
+    for peer, what in ((IN_PROCESS, "`generate(jit_compile=False)`"), (IN_PROCESS_XLA, "`generate` with XLA (the default)"))
+]
+
+
 def main(argv=None):
+    global TORCH
     args = parse_args(argv)
     mode = "quick" if args.quick else "full"
     settings = dict(SETTINGS[mode])
+    if args.memory_child:
+        return memory_child(args, settings)
     rounds = args.rounds or settings["rounds"]
     output = args.output or os.path.join(RESULTS, "bench_gpt_quick.json" if args.quick else "bench_gpt.json")
 
@@ -327,6 +701,13 @@ def main(argv=None):
     info = machine_info()
     log(f"bench_gpt ({mode}): TF {info['tensorflow']}, Keras {info['keras']}, keras-hub {info['keras_hub']}, "
         f"{info['cpu_count']} CPUs, preset {settings['preset']} {model_arguments(settings['preset'])}")
+    TORCH = load_torch(log, wanted=not args.no_torch)
+    if TORCH is not None:
+        info["torch_threads"] = TORCH.get_num_threads()
+        log(f"  PyTorch {info['torch']} ({TORCH.get_num_threads()} threads), transformers {info['transformers']}")
+
+    log("matmul peak")
+    peak = measure_matmul_peak(log, sizes=settings["matmul_sizes"], torch=TORCH)
 
     measures, checks = {}, {}
     if args.only in (None, "train"):
@@ -340,18 +721,46 @@ def main(argv=None):
         measures.update(part)
         checks.update(part_checks)
 
+    savedmodel_results = []
+    if args.only in (None, "savedmodel"):
+        log("SavedModel generate vs in-process")
+        part, part_checks = run_savedmodel(settings, rounds, log)
+        savedmodel_results = summarize(part, describe_savedmodel(settings), reference=SAVEDMODEL)
+        checks["savedmodel"] = part_checks
+    memory = {}
+    if args.only in (None, "memory") and not args.no_memory:
+        log("peak memory, one fresh process per system and workload")
+        memory = run_memory(settings, args.quick, log)
+
     results = summarize(measures, describe_measures(settings))
     info["load_average_end"] = load_average()
     info["load_average_samples"] = log.load_samples
     elapsed = log.elapsed()
-    title = (f"tfzoo GPT vs keras-hub GPT2, preset {settings['preset']} "
+    peers = "keras-hub GPT2" + (" and HF GPT2LMHeadModel (PyTorch)" if TORCH is not None else "")
+    title = (f"tfzoo GPT vs {peers}, preset {settings['preset']} "
              f"{model_arguments(settings['preset'])}, float32, random weights, {mode} mode")
-    table = format_table(results, rounds)
+    tables = [format_table(results, rounds)] if results else []
+    mfu_rows, flops = utilisation_rows(results, settings, peak)
+    if mfu_rows:
+        tables.append(format_mfu_table(mfu_rows, peak)
+                      + f"\n\nTraining FLOPs per token: {flops / 1e6:.1f} M (3 x forward; see README).")
+    if savedmodel_results:
+        tables.append("SavedModel `generate` signature (the reference) vs in-process `GPT.generate`:\n\n"
+                      + format_table(savedmodel_results, rounds))
+    if memory:
+        tables.append(format_memory_table(memory_rows(memory, settings)))
+    targets = check_targets(results, TARGETS) + check_targets(savedmodel_results, SAVEDMODEL_TARGETS)
+    if targets:
+        tables.append(format_targets(targets))
+    table = "\n\n".join(tables)
     print_report(title, table, info, log)
     write_json(output, dict(
         benchmark="bench_gpt", mode=mode, rounds=rounds, only=args.only,
         model=model_arguments(settings["preset"]), settings=settings, machine=info,
-        results=results, checks=checks, table=table, elapsed_seconds=elapsed,
+        results=results, matmul_peak=peak, training_flops_per_token=flops,
+        utilisation={label: values for label, values in mfu_rows},
+        savedmodel=savedmodel_results, peak_memory=memory, targets=targets,
+        checks=checks, table=table, elapsed_seconds=elapsed,
     ))
     return results
 

@@ -1,11 +1,13 @@
 """What the peer benchmarks share: round order, logging with load averages, medians and
-ratios, the Markdown table, machine info and the JSON file.
+ratios against each peer, the Markdown tables, the matmul peak and model-FLOPs
+utilisation, peak memory from fresh processes, machine info and the JSON file.
 
 The benchmark scripts import this as `common` (their own folder is on `sys.path` when run
 as `python benchmarks/bench_*.py`).
 """
 
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -16,7 +18,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-TFZOO, KERAS_HUB = "tfzoo", "keras_hub"
+TFZOO, KERAS_HUB, HF_TORCH = "tfzoo", "keras_hub", "hf_torch"
+# Table order: tfzoo first, then the peers it is compared with.
+SYSTEMS = (TFZOO, KERAS_HUB, HF_TORCH)
+SYSTEM_LABELS = {TFZOO: "tfzoo", KERAS_HUB: "keras-hub", HF_TORCH: "HF transformers (PyTorch)"}
+SHORT_LABELS = {TFZOO: "tfzoo", KERAS_HUB: "keras-hub", HF_TORCH: "HF"}
+# The child process of a peak-memory measurement prints one line starting with this.
+PEAK_MEMORY_MARKER = "PEAK_MEMORY_JSON "
 
 
 def benchmark_parser(description, name, full_rounds):
@@ -41,9 +49,52 @@ def checked_args(parser, argv=None):
     return args
 
 
-def order_for_round(round_index):
-    """tfzoo first in even rounds, keras-hub first in odd ones: load hits both alike."""
-    return (TFZOO, KERAS_HUB) if round_index % 2 == 0 else (KERAS_HUB, TFZOO)
+def order_for_round(round_index, systems=(TFZOO, KERAS_HUB)):
+    """The systems rotated by one place per round, so that load hits each position alike.
+
+    With two systems this alternates: tfzoo first in even rounds, keras-hub in odd ones.
+    """
+    systems = tuple(systems)
+    shift = round_index % len(systems)
+    return systems[shift:] + systems[:shift]
+
+
+# ---------------------------------------------------------------------------- PyTorch
+def load_torch(log=print, wanted=True):
+    """`torch` with its threads set like TensorFlow's, or None with a printed reason.
+
+    Hugging Face transformers on PyTorch is an optional peer (`pip install -e .[bench]`).
+    """
+    if not wanted:
+        log("HF transformers (PyTorch) skipped: --no-torch")
+        return None
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as error:
+        log(f"HF transformers (PyTorch) skipped: {error.name or error} is not installed "
+            "(pip install -e '.[bench]' installs torch==2.13.0, the CPU build, and transformers)")
+        return None
+    threads = usable_cpus()
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # only allowed before PyTorch's first parallel work
+        pass
+    return torch
+
+
+def usable_cpus():
+    """The cores TensorFlow's default thread pools use here (its intra-op setting 0 means all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def package_version(name):
+    """An installed package's version, without importing it (None if not installed)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def load_average():
@@ -74,44 +125,239 @@ class Logger:
         return f"{min(loads):.1f}-{max(loads):.1f} (median {statistics.median(loads):.1f})"
 
 
-def summarize(measures, rows):
-    """Medians per system, the ratio tfzoo / keras-hub of the medians, and per-round ratios.
+def summarize(measures, rows, reference=TFZOO):
+    """Medians per system, the ratio of tfzoo's median to each peer's, and per-round ratios.
 
     `measures[key][system]` is a list with one value per round; `rows` is a list of
-    `(key, label, better)` in table order. Keys missing from `measures` are skipped.
+    `(key, label, better)` in table order. Keys missing from `measures` are skipped, and
+    a row holds only the systems measured for it.
+
+    Each row has `systems[name] = {median, rounds}` and, per peer, `ratios[peer]` and
+    `peer_round_ratios[peer]`. For the callers written for two systems it also keeps
+    `row[name]` for each system and `ratio` / `round_ratios` against keras-hub.
     """
     results = []
     for key, label, better in rows:
-        if key not in measures:
+        if key not in measures or reference not in measures[key]:
             continue
-        ours, theirs = measures[key][TFZOO], measures[key][KERAS_HUB]
-        ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-        results.append(dict(
-            measure=key, label=label, better=better,
-            tfzoo=dict(median=ours_median, rounds=ours),
-            keras_hub=dict(median=theirs_median, rounds=theirs),
-            ratio=ours_median / theirs_median,
-            round_ratios=[a / b for a, b in zip(ours, theirs)],
-        ))
+        present = [system for system in SYSTEMS if system in measures[key]]
+        present += [system for system in measures[key] if system not in present]
+        systems = {system: dict(median=statistics.median(measures[key][system]), rounds=measures[key][system])
+                   for system in present}
+        ours = systems[reference]
+        ratios, round_ratios = {}, {}
+        for peer in present:
+            if peer == reference:
+                continue
+            ratios[peer] = ours["median"] / systems[peer]["median"]
+            round_ratios[peer] = [a / b for a, b in zip(ours["rounds"], systems[peer]["rounds"])]
+        row = dict(measure=key, label=label, better=better, reference=reference, systems=systems,
+                   ratios=ratios, peer_round_ratios=round_ratios)
+        row.update(systems)
+        if KERAS_HUB in ratios:
+            row.update(ratio=ratios[KERAS_HUB], round_ratios=round_ratios[KERAS_HUB])
+        results.append(row)
     return results
 
 
 def format_number(value):
+    if value is None:
+        return "—"
     return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
 
 
 def format_table(results, rounds):
-    lines = [
-        f"| measure (median of {rounds} round{'s' if rounds > 1 else ''}) | tfzoo | keras-hub "
-        "| tfzoo / keras-hub | per-round ratios |",
-        "|---|---:|---:|---:|---|",
-    ]
+    """Medians per system, tfzoo / each peer, and each round's ratios, as Markdown."""
+    reference = results[0]["reference"] if results else TFZOO
+    systems = [system for system in SYSTEMS if any(system in row["systems"] for row in results)]
     for row in results:
-        ratios = ", ".join(f"{ratio:.2f}" for ratio in row["round_ratios"])
-        lines.append(
-            f"| {row['label']} ({row['better']} is better) | {format_number(row['tfzoo']['median'])} "
-            f"| {format_number(row['keras_hub']['median'])} | {row['ratio']:.2f} | {ratios} |"
-        )
+        systems += [system for system in row["systems"] if system not in systems]
+    peers = [system for system in systems if system != reference]
+    label = SHORT_LABELS.get
+    header = [f"measure (median of {rounds} round{'s' if rounds > 1 else ''})"]
+    header += [label(system, system) for system in systems]
+    header += [f"{label(reference, reference)} / {label(peer, peer)}" for peer in peers]
+    header.append("per-round ratios" + (f" ({'; '.join(label(peer, peer) for peer in peers)})" if len(peers) > 1 else ""))
+    lines = ["| " + " | ".join(header) + " |",
+             "|---|" + "---:|" * (len(systems) + len(peers)) + "---|"]
+    for row in results:
+        cells = [f"{row['label']} ({row['better']} is better)"]
+        cells += [format_number(row["systems"][system]["median"]) if system in row["systems"] else "—"
+                  for system in systems]
+        cells += [f"{row['ratios'][peer]:.2f}" if peer in row["ratios"] else "—" for peer in peers]
+        cells.append("; ".join(", ".join(f"{ratio:.2f}" for ratio in row["peer_round_ratios"][peer])
+                               if peer in row["peer_round_ratios"] else "—" for peer in peers))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def check_targets(results, targets):
+    """Each target `(measure, peer, "at least" | "at most", threshold, description)` against
+    the ratio of medians in `results`; a target whose measure or peer is missing is left out.
+    """
+    rows = {row["measure"]: row for row in results}
+    checked = []
+    for measure, peer, comparison, threshold, description in targets:
+        ratio = rows.get(measure, {}).get("ratios", {}).get(peer)
+        if ratio is None:
+            continue
+        met = ratio >= threshold if comparison == "at least" else ratio <= threshold
+        checked.append(dict(measure=measure, peer=peer, description=description, comparison=comparison,
+                            threshold=threshold, ratio=ratio, met=met))
+    return checked
+
+
+def format_targets(checked):
+    lines = ["| target | ratio of medians | met |", "|---|---:|---|"]
+    for target in checked:
+        if target["met"]:
+            verdict = "met"
+        else:
+            short = (target["threshold"] - target["ratio"] if target["comparison"] == "at least"
+                     else target["ratio"] - target["threshold"])
+            verdict = f"missed by {short:.2f}"
+        lines.append(f"| {target['description']} ({target['comparison']} {target['threshold']:.2f}) "
+                     f"| {target['ratio']:.2f} | {verdict} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- FLOPs
+def measure_matmul_peak(log, sizes=(1024, 2048), calls=5, torch=None):
+    """The best float32 square matmul rate this process reaches, in GFLOP/s.
+
+    TensorFlow's `tf.matmul`, with XLA and without, at each size (and `torch.matmul` when
+    PyTorch is given): the best of `calls` timed calls after one warm-up. A matmul of
+    n x n by n x n counts 2 n^3 floating-point operations. The peak is the best of all:
+    the machine's, not one library's.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    samples = []
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        left = rng.standard_normal((size, size), dtype=np.float32)
+        right = rng.standard_normal((size, size), dtype=np.float32)
+        flops = 2.0 * size ** 3
+        runners = {}
+        for jit_compile in (False, True):
+            function = tf.function(lambda a, b: tf.matmul(a, b), jit_compile=jit_compile)
+            tensors = (tf.constant(left), tf.constant(right))
+            runners[f"tf_matmul{'_xla' if jit_compile else ''}"] = (
+                lambda function=function, tensors=tensors: function(*tensors).numpy())
+        if torch is not None:
+            torch_tensors = (torch.from_numpy(left), torch.from_numpy(right))
+            runners["torch_matmul"] = lambda tensors=torch_tensors: torch.matmul(*tensors).numpy()
+        for name, run in runners.items():
+            run()  # traces / compiles
+            best = float("inf")
+            for _ in range(calls):
+                begin = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - begin)
+            samples.append(dict(kernel=name, size=size, seconds=best, gflops=flops / best / 1e9))
+            log(f"  matmul peak: {name:13s} {size}x{size}: {flops / best / 1e9:6.1f} GFLOP/s")
+    best = max(samples, key=lambda sample: sample["gflops"])
+    return dict(peak_gflops=best["gflops"], best=best, samples=samples,
+                how=f"float32 square matmul, best of {calls} calls, sizes {list(sizes)}")
+
+
+def matmul_parameters(num_layers, hidden_dim, intermediate_dim, extra=0):
+    """Weights that multiply every token: per block 4 d^2 (Q, K, V, output) + 2 d f (FFN).
+
+    `extra` adds other per-token matmuls (a GPT's d x vocabulary output projection).
+    Biases, layer norms and embedding lookups cost next to nothing and are left out.
+    """
+    return num_layers * (4 * hidden_dim * hidden_dim + 2 * hidden_dim * intermediate_dim) + extra
+
+
+def forward_flops_per_token(num_layers, hidden_dim, intermediate_dim, context, extra=0):
+    """2 x matmul weights, plus attention: Q K^T and attention x V, 2 x 2 x context x d per layer.
+
+    The full context x context square is counted (no system here skips the masked half).
+    """
+    return (2 * matmul_parameters(num_layers, hidden_dim, intermediate_dim, extra)
+            + 4 * num_layers * context * hidden_dim)
+
+
+def format_mfu_table(rows, peak):
+    """`rows`: (label, {system: utilisation}) in table order."""
+    systems = [system for system in SYSTEMS if any(system in values for _, values in rows)]
+    lines = [f"| model-FLOPs utilisation (peak {peak['peak_gflops']:.0f} GFLOP/s, {peak['best']['kernel']} "
+             f"{peak['best']['size']}) | " + " | ".join(SHORT_LABELS[system] for system in systems) + " |",
+             "|---|" + "---:|" * len(systems)]
+    for label, values in rows:
+        lines.append(f"| {label} | " + " | ".join(
+            f"{values[system]:.0%}" if system in values else "—" for system in systems) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- memory
+def resident_bytes():
+    """This process's resident set size now, from /proc (None where there is none)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_resident_bytes():
+    """This process's high-water mark of resident memory: VmHWM in /proc/self/status.
+
+    The kernel keeps it, so short peaks between samples are not missed. Not
+    `getrusage().ru_maxrss`: a child keeps its parent's value across fork and exec, so a
+    small child of a big benchmark process would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def report_peak_memory(baseline_bytes, **details):
+    """In a child process: prints its peak resident memory and the growth over `baseline_bytes`."""
+    peak = peak_resident_bytes()
+    growth = None if peak is None or baseline_bytes is None else peak - baseline_bytes
+    payload = dict(peak_bytes=peak, baseline_bytes=baseline_bytes, growth_bytes=growth, **details)
+    print(PEAK_MEMORY_MARKER + json.dumps(payload), flush=True)
+
+
+def measure_peak_memory(script, arguments, log, timeout=900):
+    """Runs `script arguments` in a fresh Python and returns what `report_peak_memory` printed."""
+    command = [sys.executable, script, *arguments]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in completed.stdout.splitlines():
+        if line.startswith(PEAK_MEMORY_MARKER):
+            return json.loads(line[len(PEAK_MEMORY_MARKER):])
+    tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
+    raise RuntimeError(f"peak-memory child failed (exit {completed.returncode}): {' '.join(command)}\n"
+                       + "\n".join(tail))
+
+
+def format_memory_table(rows):
+    """`rows`: (label, {system: report}) with reports from `measure_peak_memory`."""
+    systems = [system for system in SYSTEMS if any(system in values for _, values in rows)]
+    lines = ["| peak resident memory, MiB: whole process (growth over the process after imports) | "
+             + " | ".join(SHORT_LABELS[system] for system in systems) + " |",
+             "|---|" + "---:|" * len(systems)]
+    mebibyte = 2 ** 20
+    for label, values in rows:
+        cells = []
+        for system in systems:
+            report = values.get(system)
+            if report is None:
+                cells.append("—")
+            else:
+                growth = report.get("growth_bytes")
+                cells.append(f"{report['peak_bytes'] / mebibyte:,.0f}"
+                             + ("" if growth is None else f" (+{growth / mebibyte:,.0f})"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -145,10 +391,13 @@ def machine_info():
         tensorflow=tf.__version__,
         keras=keras.__version__,
         keras_hub=keras_hub.__version__,
+        torch=package_version("torch"),
+        transformers=package_version("transformers"),
         tfzoo=getattr(tfzoo, "__version__", None),
         keras_backend=keras.config.backend(),
         git_commit=git("rev-parse", "HEAD"),
-        git_dirty=bool(git("status", "--porcelain", "--", "tfzoo")),
+        # ":/tfzoo" is the repository's tfzoo/: git runs in benchmarks/, where "tfzoo" matches nothing.
+        git_dirty=bool(git("status", "--porcelain", "--", ":/tfzoo")),
         tf_intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
         tf_inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
         load_average_start=load_average(),
@@ -160,8 +409,10 @@ def print_report(title, table, info, log):
     print()
     print(title)
     print(table)
+    torch_versions = (f", PyTorch {info['torch']}, transformers {info['transformers']}"
+                      if info.get("torch") and info.get("transformers") else "")
     print(f"\n{info['cpu_count']} CPUs, {info['platform']}, TF {info['tensorflow']}, Keras {info['keras']}, "
-          f"keras-hub {info['keras_hub']}; 1-minute load average during the run "
+          f"keras-hub {info['keras_hub']}{torch_versions}; 1-minute load average during the run "
           f"{log.load_summary()}; took {log.elapsed():.0f} s")
 
 

@@ -72,6 +72,8 @@ def build_parser():
     gpt.add_argument("--quick", action="store_true",
                      help="a tiny model and a few steps: checks the whole path in about a minute")
 
+    _add_seq2seq_training(families)
+
     generate = commands.add_parser("generate", help="continue prompts with a trained GPT")
     generate.add_argument("prompts", nargs="+", help="one or more prompts")
     generate.add_argument("--model", required=True,
@@ -94,12 +96,28 @@ def build_parser():
                                                 "as a SavedModel")
     export.add_argument("--model", help="a .keras file or a run folder")
     export.add_argument("--labels", help="a classifier's label names, comma-separated, in label-id order")
-    export.add_argument("--check", metavar="SAVEDMODEL",
-                        help="audit an export's ops instead: exit 1 if TF Serving could not run it")
+    export.add_argument("--check", metavar="EXPORT",
+                        help="audit an export's ops instead (a SavedModel folder and its .tflite files, or a "
+                             ".tflite file): exit 1 if TF Serving or TFLite could not run it")
     export.add_argument("--export-root", default="savedmodels")
     export.add_argument("--name", help="the exported model's name (default: its family, e.g. gpt)")
     export.add_argument("--version", type=_positive_int, default=None, help="default: the next free version")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    export.add_argument("--format", choices=("saved_model", "tflite"), default="saved_model",
+                        help="tflite: also write model.tflite (TFLite builtins + tensorflow-text ops) beside "
+                             "the SavedModel")
+    export.add_argument("--quantize", choices=("none", "int8"), default="none",
+                        help="with --format tflite, int8 also writes model_int8.tflite (dynamic-range int8)")
+
+    translate = commands.add_parser("translate", help="translate sentences with a trained seq2seq model")
+    translate.add_argument("sentences", nargs="+", help="one or more source sentences")
+    translate.add_argument("--model", required=True,
+                           help="a .keras file, a run folder (its model.keras or newest checkpoint), "
+                                "or an exported SavedModel folder")
+    translate.add_argument("--beam-width", type=int, default=1, help="1 = greedy (default); more = beam search")
+    translate.add_argument("--length-penalty", type=float, default=0.6, help="beam search's GNMT alpha (default 0.6)")
+    translate.add_argument("--max-new-tokens", type=int, default=None,
+                           help="the most target tokens (default: the model's maximum)")
 
     serve = commands.add_parser("serve", help="serve every SavedModel under an export root with TF Serving's "
                                               "REST API (/v1/models/NAME:predict)")
@@ -157,7 +175,85 @@ TRAINING_OPTIONS = ("preset", "vocabulary_size", "sequence_length", "batch_size"
                     "devices", "precision")
 
 
+def _add_seq2seq_training(families):
+    from tfzoo.training.translation import TranslationTrainingConfig
+
+    defaults = TranslationTrainingConfig()
+    seq2seq = families.add_parser("seq2seq", help="an encoder-decoder translator (English -> Spanish by default)")
+    seq2seq.add_argument("--corpus", help="bible (verses via diatheke), django (UI strings), auto (bible if "
+                                          f"installed, else django), or a source<TAB>target file (default {defaults.corpus})")
+    seq2seq.add_argument("--preset", help=f"model shape (default {defaults.preset})")
+    for option in ("vocabulary_size", "max_sequence_length", "batch_size", "epochs", "steps_per_epoch",
+                   "max_pairs", "max_words", "test_size", "warmup_steps", "beam_width"):
+        seq2seq.add_argument("--" + option.replace("_", "-"), type=_positive_int, dest=f"seq2seq_{option}",
+                             metavar="N", help=f"default {getattr(defaults, option)}")
+    seq2seq.add_argument("--learning-rate", type=float, dest="seq2seq_learning_rate", metavar="RATE",
+                         help=f"default {defaults.learning_rate}")
+    seq2seq.add_argument("--label-smoothing", type=float, dest="seq2seq_label_smoothing", metavar="EPSILON",
+                         help=f"default {defaults.label_smoothing}")
+    seq2seq.add_argument("--separate-vocabularies", action="store_true",
+                         help="one SentencePiece model per language (default: one shared)")
+    seq2seq.add_argument("--run-dir", help=f"checkpoints, logs, model.keras, results.json (default {defaults.run_dir})")
+    seq2seq.add_argument("--quick", action="store_true",
+                         help="Django's strings, a tiny model, a few steps: checks the whole path in a few minutes")
+
+
+# --quick for seq2seq: the whole path on Django's ~750 strings in a few minutes.
+QUICK_SEQ2SEQ = dict(corpus="django", preset="seq2seq_test", vocabulary_size=1000, max_sequence_length=64,
+                     batch_size=16, epochs=2, steps_per_epoch=20, warmup_steps=5, test_size=50,
+                     bleu_sample_size=16, run_dir="runs/seq2seq_quick")
+
+
+def command_train_seq2seq(args):
+    from tfzoo.training.translation import TranslationTrainingConfig, train_translation
+
+    settings = dict(QUICK_SEQ2SEQ) if args.quick else {}
+    for name in ("corpus", "preset", "run_dir"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    for name, value in vars(args).items():
+        if name.startswith("seq2seq_") and value is not None:
+            settings[name[len("seq2seq_"):]] = value
+    if args.separate_vocabularies:
+        settings["shared_vocabulary"] = False
+    _, results = train_translation(TranslationTrainingConfig(**settings))
+    bleu = ", ".join(f"{name[len('bleu_'):]} {value}" for name, value in results.items() if name.startswith("bleu_"))
+    print(f"held-out BLEU: {bleu}")
+    return 0
+
+
+def translate_with_saved_model(path, sentences, beam_width):
+    """Translations of `sentences` by an exported seq2seq SavedModel (TensorFlow only)."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  registers the tokenizer ops the export uses
+
+    loaded = tf.saved_model.load(path)
+    if beam_width > 1:
+        outputs = loaded.signatures["translate_beam"](sentences=tf.constant(sentences))
+    else:
+        outputs = loaded.signatures["translate"](sentences=tf.constant(sentences))
+    return [text.decode("utf-8", "replace") for text in outputs["translation"].numpy()]
+
+
+def command_translate(args):
+    if os.path.isfile(os.path.join(args.model, "saved_model.pb")):
+        translations = translate_with_saved_model(args.model, args.sentences, args.beam_width)
+    else:
+        from tfzoo.models import Seq2SeqTransformer
+
+        model = load_keras_model(args.model)
+        if not isinstance(model, Seq2SeqTransformer):
+            raise ValueError(f"{args.model} holds a {type(model).__name__}, not a seq2seq model: use `tfzoo generate`.")
+        translations = model.generate(args.sentences, max_new_tokens=args.max_new_tokens,
+                                      beam_width=args.beam_width, length_penalty=args.length_penalty)
+    for sentence, translation in zip(args.sentences, translations):
+        print(f"{sentence}\t{translation}")
+    return 0
+
+
 def command_train(args):
+    if args.family == "seq2seq":
+        return command_train_seq2seq(args)
     from tfzoo.export import export_gpt
     from tfzoo.training import GPTTrainingConfig, train_gpt
 
@@ -238,21 +334,28 @@ def command_embed(args):
 
 
 def command_export(args):
-    from tfzoo.export import audit_saved_model, export_saved_model, format_report
+    from tfzoo.export import check_export, export_saved_model, export_tflite
 
     if args.check:
-        report = audit_saved_model(args.check)
-        print(format_report(args.check, report))
-        return 0 if report["ok"] else 1
+        text, ok = check_export(args.check)
+        print(text)
+        return 0 if ok else 1
     if not args.model:
         raise ValueError("Give --model to export, or --check SAVEDMODEL to audit an export.")
+    if args.quantize != "none" and args.format != "tflite":
+        raise ValueError(f"--quantize {args.quantize} applies to --format tflite only.")
     model = load_keras_model(args.model)
     labels = args.labels.split(",") if args.labels else None
-    path = export_saved_model(model, args.export_root, args.name, args.version, args.overwrite, labels)
-    print(f"exported SavedModel: {path}")
-    report = audit_saved_model(path)
-    print(format_report(path, report))
-    return 0 if report["ok"] else 1
+    if args.format == "tflite":
+        path = export_tflite(model, args.export_root, args.name, args.version, args.overwrite,
+                             quantize=None if args.quantize == "none" else args.quantize, label_names=labels)
+        print(f"exported SavedModel and TFLite: {path}")
+    else:
+        path = export_saved_model(model, args.export_root, args.name, args.version, args.overwrite, labels)
+        print(f"exported SavedModel: {path}")
+    text, ok = check_export(path)
+    print(text)
+    return 0 if ok else 1
 
 
 def command_serve(args):
@@ -267,7 +370,7 @@ def command_serve(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     handlers = {"train": command_train, "generate": command_generate, "embed": command_embed,
-                "export": command_export, "serve": command_serve}
+                "export": command_export, "serve": command_serve, "translate": command_translate}
     try:
         return handlers[args.command](args)
     except (ValueError, RuntimeError) as error:
