@@ -43,10 +43,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    HF_TORCH, KERAS_HUB, RESULTS, TFZOO, Logger, benchmark_parser, check_targets, checked_args,
-    format_memory_table, format_mfu_table, format_table, format_targets, forward_flops_per_token, load_average, load_torch, machine_info,
-    measure_matmul_peak, measure_peak_memory, order_for_round, print_report, report_peak_memory, resident_bytes,
-    summarize, write_json,
+    HF_TORCH, KERAS_HUB, RESULTS, TFZOO, Logger, add_peer_arguments, benchmark_parser, check_targets, checked_args,
+    format_memory_table, format_mfu_table, format_table, format_targets, forward_flops_per_token,
+    import_for_memory_child, load_average, measure_matmul_peak, order_for_round, parameter_count, print_report,
+    report_peak_memory, resident_bytes, run_memory_children, seeded_build, start_run, summarize, write_json,
 )
 
 # Set by main() when PyTorch and transformers are installed (and not --no-torch).
@@ -83,18 +83,8 @@ JIT = {"xla": True, "default": False}
 def parse_args(argv=None):
     parser = benchmark_parser(__doc__.split("\n\n")[0], "bench_bert", full_rounds=5)
     parser.add_argument("--no-predict", action="store_true", help="skip the `model.predict` measures")
-    parser.add_argument("--no-torch", action="store_true", help="leave out Hugging Face transformers (PyTorch)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    # A peak-memory child: "SYSTEM", with the model's shapes as JSON (run by the parent).
-    parser.add_argument("--memory-child", default=None, help=argparse_hidden())
-    parser.add_argument("--memory-model", default=None, help=argparse_hidden())
+    add_peer_arguments(parser)  # --no-torch, --no-memory, and the peak-memory child's flags
     return checked_args(parser, argv)
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def systems(kind="function"):
@@ -156,18 +146,8 @@ BUILDERS = {TFZOO: build_tfzoo, KERAS_HUB: build_keras_hub, HF_TORCH: build_hf}
 
 def build(system, preset, seed, arguments=None):
     if system == HF_TORCH:
-        TORCH.manual_seed(seed)
-        return build_hf(preset, arguments)
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    return BUILDERS[system](preset)
-
-
-def parameter_count(system, model):
-    if system == HF_TORCH:
-        return int(sum(parameter.numel() for parameter in model.parameters()))
-    return int(model.count_params())
+        return seeded_build(system, seed, lambda: build_hf(preset, arguments), TORCH)
+    return seeded_build(system, seed, lambda: BUILDERS[system](preset))
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -291,7 +271,7 @@ def measure_pair(kind, variant, round_index, settings, tensor_inputs, numpy_inpu
     for index in range(settings["calls"]):
         for system in (order if index % 2 == 0 else order[::-1]):
             seconds[system].append(timed(calls[system])[0])
-    parameters = {system: parameter_count(system, model) for system, model in models.items()}
+    parameters = {system: parameter_count(model) for system, model in models.items()}
     del models, calls
     gc.collect()
     return order, first, seconds, jits, parameters
@@ -371,45 +351,29 @@ def utilisation_rows(results, settings, peak):
 
 
 # ---------------------------------------------------------------------------- peak memory
+def import_hf_model_code():
+    from transformers import BertConfig, BertModel  # noqa: F401
+
+
 def memory_child(args, settings):
     """In a fresh process: one system's encoder inference (XLA for TensorFlow), then its peak RSS."""
     global TORCH
     system = args.memory_child
-    if system == HF_TORCH:
-        TORCH = load_torch(wanted=True)
-        # transformers loads its model code lazily: count that as import, not as the model.
-        from transformers import BertConfig, BertModel  # noqa: F401
-
-        arguments = json.loads(args.memory_model)
-    else:
-        import keras  # noqa: F401
-        import keras_hub  # noqa: F401
-        import tensorflow  # noqa: F401
-
-        import tfzoo  # noqa: F401
-
-        arguments = model_arguments(settings["preset"])
-    # Both TensorFlow systems import the same libraries first, so their baselines match.
+    TORCH = import_for_memory_child(system, import_hf_model_code)
+    arguments = json.loads(args.memory_model) if system == HF_TORCH else model_arguments(settings["preset"])
     baseline = resident_bytes()
     _, tensor_inputs, _ = make_inputs(settings, arguments["vocabulary_size"], tensorflow=system != HF_TORCH)
     model = build(system, settings["preset"], seed=0, arguments=arguments)
     call, _ = make_call("function", "xla", model, tensor_inputs[system], settings, system)
     for _ in range(3):
         call()
-    # A PyTorch child must not have loaded TensorFlow on the way (it would count ~500 MiB).
     report_peak_memory(baseline, system=system, tensorflow_loaded="tensorflow" in sys.modules, workload="encode")
 
 
 def run_memory(settings, quick, log):
-    arguments = model_arguments(settings["preset"])
-    reports = {}
-    for system in systems():
-        command = ["--memory-child", system, "--memory-model", json.dumps(arguments)]
-        reports[system] = report = measure_peak_memory(
-            os.path.abspath(__file__), command + (["--quick"] if quick else []), log)
-        log(f"  peak memory encode {system:9s}: {report['peak_bytes'] / 2**20:6.0f} MiB "
-            f"(+{report['growth_bytes'] / 2**20:.0f} MiB over the process after imports)")
-    return reports
+    children = [("encode", system, system) for system in systems()]
+    reports = run_memory_children(os.path.abspath(__file__), children, model_arguments(settings["preset"]), quick, log)
+    return reports.get("encode", {})
 
 
 def main(argv=None):
@@ -424,16 +388,8 @@ def main(argv=None):
 
     log = Logger()
 
-    import keras
-
-    keras.utils.set_random_seed(0)
-    info = machine_info()
-    log(f"bench_bert ({mode}): TF {info['tensorflow']}, Keras {info['keras']}, keras-hub {info['keras_hub']}, "
-        f"{info['cpu_count']} CPUs, preset {settings['preset']} {model_arguments(settings['preset'])}")
-    TORCH = load_torch(log, wanted=not args.no_torch)
-    if TORCH is not None:
-        info["torch_threads"] = TORCH.get_num_threads()
-        log(f"  PyTorch {info['torch']} ({TORCH.get_num_threads()} threads), transformers {info['transformers']}")
+    info, TORCH = start_run("bench_bert", mode, f"preset {settings['preset']} {model_arguments(settings['preset'])}",
+                            args.no_torch, log)
 
     log("matmul peak")
     peak = measure_matmul_peak(log, sizes=settings["matmul_sizes"], torch=TORCH)

@@ -39,10 +39,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    HF_TORCH, KERAS_HUB, RESULTS, SHORT_LABELS, TFZOO, Logger, benchmark_parser, check_targets, checked_args,
-    format_memory_table, format_mfu_table, format_table, format_targets, forward_flops_per_token, load_average, load_torch, machine_info,
-    measure_matmul_peak, measure_peak_memory, order_for_round, print_report, report_peak_memory, resident_bytes,
-    summarize, write_json,
+    HF_TORCH, KERAS_HUB, RESULTS, SHORT_LABELS, TFZOO, Logger, add_peer_arguments, benchmark_parser, check_targets,
+    checked_args, format_memory_table, format_mfu_table, format_table, format_targets, forward_flops_per_token,
+    import_for_memory_child, load_average, measure_matmul_peak, order_for_round, parameter_count, print_report,
+    report_peak_memory, resident_bytes, run_memory_children, seeded_build, start_run, summarize, write_json,
 )
 SYSTEM_NAMES = {TFZOO: "tfzoo GPT", KERAS_HUB: "keras-hub GPT2", HF_TORCH: "HF GPT2LMHeadModel"}
 # Set by main() when PyTorch and transformers are installed (and not --no-torch).
@@ -90,18 +90,8 @@ def parse_args(argv=None):
     parser = benchmark_parser(__doc__.split("\n\n")[0], "bench_gpt", full_rounds=3)
     parser.add_argument("--only", choices=("train", "generate", "savedmodel", "memory"), default=None,
                         help="run one part only")
-    parser.add_argument("--no-torch", action="store_true", help="leave out Hugging Face transformers (PyTorch)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    # A peak-memory child: "SYSTEM:WORKLOAD", with the model's shapes as JSON (run by the parent).
-    parser.add_argument("--memory-child", default=None, help=argparse_hidden())
-    parser.add_argument("--memory-model", default=None, help=argparse_hidden())
+    add_peer_arguments(parser)  # --no-torch, --no-memory, and the peak-memory child's flags
     return checked_args(parser, argv)
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def systems():
@@ -163,18 +153,8 @@ BUILDERS = {TFZOO: build_tfzoo, KERAS_HUB: build_keras_hub, HF_TORCH: build_hf}
 
 def build(system, preset, seed, arguments=None):
     if system == HF_TORCH:
-        TORCH.manual_seed(seed)
-        return build_hf(preset, arguments)
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    return BUILDERS[system](preset)
-
-
-def parameter_count(system, model):
-    if system == HF_TORCH:
-        return int(sum(parameter.numel() for parameter in model.parameters()))
-    return int(model.count_params())
+        return seeded_build(system, seed, lambda: build_hf(preset, arguments), TORCH)
+    return seeded_build(system, seed, lambda: BUILDERS[system](preset))
 
 
 class TorchTrainer:
@@ -602,25 +582,16 @@ MEMORY_WORKLOADS = {
 }
 
 
+def import_hf_model_code():
+    from transformers import GPT2Config, GPT2LMHeadModel  # noqa: F401
+
+
 def memory_child(args, settings):
     """In a fresh process: one system's workload, then its peak RSS on one line of stdout."""
     system, workload = args.memory_child.split(":")
     global TORCH
-    if system == HF_TORCH:
-        TORCH = load_torch(wanted=True)
-        # transformers loads its model code lazily: count that as import, not as the model.
-        from transformers import GPT2Config, GPT2LMHeadModel  # noqa: F401
-
-        arguments = json.loads(args.memory_model)
-    else:
-        import keras  # noqa: F401
-        import keras_hub  # noqa: F401
-        import tensorflow  # noqa: F401
-
-        import tfzoo  # noqa: F401
-
-        arguments = model_arguments(settings["preset"])
-    # Both TensorFlow systems import the same libraries first, so their baselines match.
+    TORCH = import_for_memory_child(system, import_hf_model_code)
+    arguments = json.loads(args.memory_model) if system == HF_TORCH else model_arguments(settings["preset"])
     baseline = resident_bytes()
     model = build(system, settings["preset"], seed=0, arguments=arguments)
     if workload == "train":
@@ -637,21 +608,12 @@ def memory_child(args, settings):
         generate, checked = make_generate(system, model, prompts, settings["new_tokens"], True)
         for _ in range(3):
             checked(generate())
-    # A PyTorch child must not have loaded TensorFlow on the way (it would count ~500 MiB).
     report_peak_memory(baseline, system=system, tensorflow_loaded="tensorflow" in sys.modules, workload=workload)
 
 
 def run_memory(settings, quick, log):
-    arguments = model_arguments(settings["preset"])
-    reports = {}
-    for workload in MEMORY_WORKLOADS:
-        for system in systems():
-            command = ["--memory-child", f"{system}:{workload}", "--memory-model", json.dumps(arguments)]
-            report = measure_peak_memory(os.path.abspath(__file__), command + (["--quick"] if quick else []), log)
-            reports.setdefault(workload, {})[system] = report
-            log(f"  peak memory {workload:8s} {system:9s}: {report['peak_bytes'] / 2**20:6.0f} MiB "
-                f"(+{report['growth_bytes'] / 2**20:.0f} MiB over the process after imports)")
-    return reports
+    children = [(workload, system, f"{system}:{workload}") for workload in MEMORY_WORKLOADS for system in systems()]
+    return run_memory_children(os.path.abspath(__file__), children, model_arguments(settings["preset"]), quick, log)
 
 
 def memory_rows(reports, settings):
@@ -695,16 +657,8 @@ def main(argv=None):
 
     log = Logger()
 
-    import keras
-
-    keras.utils.set_random_seed(0)
-    info = machine_info()
-    log(f"bench_gpt ({mode}): TF {info['tensorflow']}, Keras {info['keras']}, keras-hub {info['keras_hub']}, "
-        f"{info['cpu_count']} CPUs, preset {settings['preset']} {model_arguments(settings['preset'])}")
-    TORCH = load_torch(log, wanted=not args.no_torch)
-    if TORCH is not None:
-        info["torch_threads"] = TORCH.get_num_threads()
-        log(f"  PyTorch {info['torch']} ({TORCH.get_num_threads()} threads), transformers {info['transformers']}")
+    info, TORCH = start_run("bench_gpt", mode, f"preset {settings['preset']} {model_arguments(settings['preset'])}",
+                            args.no_torch, log)
 
     log("matmul peak")
     peak = measure_matmul_peak(log, sizes=settings["matmul_sizes"], torch=TORCH)

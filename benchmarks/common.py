@@ -49,6 +49,19 @@ def checked_args(parser, argv=None):
     return args
 
 
+def add_peer_arguments(parser):
+    """--no-torch, --no-memory, and the hidden flags with which a benchmark runs its own
+    peak-memory child processes (--memory-child names what to measure, --memory-model
+    holds the model's shapes as JSON)."""
+    import argparse
+
+    parser.add_argument("--no-torch", action="store_true", help="leave out Hugging Face transformers (PyTorch)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-model", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
 def order_for_round(round_index, systems=(TFZOO, KERAS_HUB)):
     """The systems rotated by one place per round, so that load hits each position alike.
 
@@ -82,6 +95,43 @@ def load_torch(log=print, wanted=True):
     except RuntimeError:  # only allowed before PyTorch's first parallel work
         pass
     return torch
+
+
+def seeded_build(system, seed, build_function, torch=None):
+    """`build_function()` after seeding the system's framework, so each system's random
+    weights are the same from round to round."""
+    if system == HF_TORCH:
+        torch.manual_seed(seed)
+    else:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+    return build_function()
+
+
+def parameter_count(model):
+    """Parameters of a Keras model or a PyTorch module."""
+    if hasattr(model, "count_params"):
+        return int(model.count_params())
+    return int(sum(parameter.numel() for parameter in model.parameters()))
+
+
+def start_run(name, mode, description, no_torch, log):
+    """Seeds Keras, logs the software stack, and loads the optional PyTorch peer.
+
+    Returns `(machine info, torch or None)`.
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+    info = machine_info()
+    log(f"{name} ({mode}): TF {info['tensorflow']}, Keras {info['keras']}, keras-hub {info['keras_hub']}, "
+        f"{info['cpu_count']} CPUs, {description}")
+    torch = load_torch(log, wanted=not no_torch)
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+        log(f"  PyTorch {info['torch']} ({torch.get_num_threads()} threads), transformers {info['transformers']}")
+    return info, torch
 
 
 def usable_cpus():
@@ -338,6 +388,41 @@ def measure_peak_memory(script, arguments, log, timeout=900):
     tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
     raise RuntimeError(f"peak-memory child failed (exit {completed.returncode}): {' '.join(command)}\n"
                        + "\n".join(tail))
+
+
+def import_for_memory_child(system, import_hf_model_code):
+    """In a peak-memory child, before its baseline: the libraries `system` runs on.
+
+    Both TensorFlow systems import the same libraries, so that their baselines match; a
+    PyTorch child imports no TensorFlow (that would count ~500 MiB). Returns torch or None.
+    """
+    if system == HF_TORCH:
+        torch = load_torch(wanted=True)
+        # transformers loads its model code lazily: count that as import, not as the model.
+        import_hf_model_code()
+        return torch
+    import keras  # noqa: F401
+    import keras_hub  # noqa: F401
+    import tensorflow  # noqa: F401
+
+    import tfzoo  # noqa: F401
+
+    return None
+
+
+def run_memory_children(script, children, model_arguments, quick, log):
+    """Runs one peak-memory child per `(workload, system, --memory-child value)`.
+
+    Returns `{workload: {system: report}}`.
+    """
+    reports = {}
+    for workload, system, child in children:
+        command = ["--memory-child", child, "--memory-model", json.dumps(model_arguments)]
+        report = measure_peak_memory(script, command + (["--quick"] if quick else []), log)
+        reports.setdefault(workload, {})[system] = report
+        log(f"  peak memory {workload:8s} {system:9s}: {report['peak_bytes'] / 2**20:6.0f} MiB "
+            f"(+{report['growth_bytes'] / 2**20:.0f} MiB over the process after imports)")
+    return reports
 
 
 def format_memory_table(rows):

@@ -206,3 +206,28 @@ def write_tiny_gpt2_checkpoint(folder, seed=0, vocabulary_size=300, hidden=32, l
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as file:
         json.dump(config, file, indent=2)
     return config, tensors, tokenizer
+
+
+def assertions_guard_every_loop(concrete_function):
+    """True if every while loop in a traced function runs only after all of its Assert ops.
+
+    Inside a tf.function an assertion is not ordered before unrelated work; without an explicit
+    control dependency a loop can fail first with a cryptic error instead of the assertion's message.
+    """
+    graph = concrete_function.graph
+    asserts = {op.name for op in graph.get_operations() if op.type == "Assert"}
+    loops = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+    if not asserts or not loops:
+        raise ValueError(f"nothing to check: {len(asserts)} Assert ops, {len(loops)} loops")
+
+    def ancestors(op):
+        seen, stack = set(), [op]
+        while stack:
+            current = stack.pop()
+            for parent in [tensor.op for tensor in current.inputs] + list(current.control_inputs):
+                if parent.name not in seen:
+                    seen.add(parent.name)
+                    stack.append(parent)
+        return seen
+
+    return all(asserts <= ancestors(loop) for loop in loops)

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.helpers import run_python
+from tests.helpers import assertions_guard_every_loop, run_python
 from tfzoo.export import audit_saved_model, existing_versions, export_gpt, export_saved_model, version_folder
 
 pytestmark = pytest.mark.slow
@@ -48,6 +48,16 @@ print(json.dumps({{"ids": ids, "texts": texts, "logits": logits.numpy().tolist()
     assert outputs["texts"] == model.generate(PROMPTS, max_new_tokens=12)
     assert any(len(ids) > 3 for ids in expected_ids)  # not a trivially empty comparison
     np.testing.assert_allclose(outputs["logits"], model(np.array([[5, 6, 7, 8]])), atol=1e-5)
+
+
+def test_prompt_checks_run_before_the_generation_loop(exported):
+    # Without the ordering, an over-long prompt sometimes fails in a gather instead ("indices[0,128]
+    # = 128 is not in [0, 128)"): the server then answers with that instead of a helpful message.
+    from tfzoo.export.saved_model import GPTServingModule
+
+    module = GPTServingModule(exported[0])
+    assert assertions_guard_every_loop(module.generate.get_concrete_function())
+    assert assertions_guard_every_loop(module.generate_sampled.get_concrete_function())
 
 
 def test_saved_model_cli_lists_the_signatures(exported):
@@ -148,7 +158,7 @@ print(json.dumps({{"greedy": run(0.0, 0, 1.0, 1), "top1": run(1.0, 1, 1.0, 5), "
 
 
 def test_bert_encoder_and_classifier_exports_match_keras(tmp_path):
-    from tests.helpers import run_python
+    from tests.helpers import assertions_guard_every_loop, run_python
     from tfzoo.models import BertClassifier, BertEncoder
     from tfzoo.text import BertPreprocessor, WordPieceTokenizer
 

@@ -116,7 +116,7 @@ def test_keras_save_and_reload_reproduces_logits_and_tokenizer(trained_model, tm
     "arguments, message",
     [
         (dict(prompts=[]), "empty"),
-        (dict(prompts=[""]), "Prompt 0 is an empty string"),
+        (dict(prompts=[""]), "Prompt 0 is empty"),
         (dict(prompts=[[]]), "Prompt 0 has no tokens"),
         (dict(prompts="a string"), "list of prompts"),
         (dict(prompts=[[1] * 120], max_new_tokens=20), "max_sequence_length=128"),

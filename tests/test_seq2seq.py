@@ -274,7 +274,7 @@ def test_sampling_is_reproducible_and_top_k_one_is_greedy(trained_model):
     "arguments, message",
     [
         (dict(sources=[]), "empty"),
-        (dict(sources="a string"), "list of sentences"),
+        (dict(sources="a string"), "list of source sentences"),
         (dict(sources=[[]]), "Source sentence 0 has no tokens"),
         (dict(sources=[[5] * 40]), "40 tokens .* max_sequence_length=32"),
         (dict(sources=[[5, 99]]), "outside"),
@@ -283,7 +283,7 @@ def test_sampling_is_reproducible_and_top_k_one_is_greedy(trained_model):
         (dict(sources=[[5, 6]], beam_width=2, length_penalty=-1.0), "length_penalty=-1.0"),
         (dict(sources=[[5, 6]], beam_width=2, temperature=0.5), "beam_width=2"),
         (dict(sources=[[5, 6]], max_new_tokens=40), "max_new_tokens`=40"),
-        (dict(sources=["a sentence"]), "no source tokenizer"),
+        (dict(sources=["a sentence"]), "no tokenizer for `sources`"),
     ],
 )
 def test_generate_rejects_bad_input(trained_model, arguments, message):
@@ -445,6 +445,15 @@ print(json.dumps({{"greedy": [t.decode() for t in greedy["translation"].numpy()]
     assert "max_sequence_length=64" in outputs["errors"][1]
     report = audit_saved_model(path)
     assert report["ok"], report
+
+
+def test_sentence_checks_run_before_the_translation_loop(translator):
+    from tests.helpers import assertions_guard_every_loop
+    from tfzoo.export.saved_model import Seq2SeqServingModule
+
+    module = Seq2SeqServingModule(translator)
+    assert assertions_guard_every_loop(module.translate.get_concrete_function())
+    assert assertions_guard_every_loop(module.translate_beam.get_concrete_function())
 
 
 @pytest.mark.slow

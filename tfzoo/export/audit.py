@@ -72,17 +72,22 @@ def audit_saved_model(path):
     return report
 
 
+def _format_lines(header, text_ops, problems, verdict):
+    """An audit in a few lines: what was found, each non-empty problem list, the verdict."""
+    lines = [header, f"  tensorflow-text: {', '.join(text_ops) or '-'}"]
+    lines += [f"  {label}: {', '.join(ops)}" for label, ops in problems if ops]
+    return "\n".join(lines + [verdict])
+
+
 def format_report(path, report):
-    lines = [
+    """The SavedModel audit in a few lines, as `tfzoo export --check` prints it."""
+    return _format_lines(
         f"{path}: {len(report['core'])} TensorFlow core ops, {len(report['text'])} tensorflow-text ops",
-        f"  tensorflow-text: {', '.join(report['text']) or '-'}",
-    ]
-    if report["unknown"]:
-        lines.append(f"  NOT in TensorFlow core or tensorflow-text: {', '.join(report['unknown'])}")
-    if report["xla"]:
-        lines.append(f"  need XLA (TF Serving disables it by default): {', '.join(report['xla'])}")
-    lines.append("  OK for TF Serving" if report["ok"] else "  NOT servable by a stock TF Serving")
-    return "\n".join(lines)
+        report["text"],
+        [("NOT in TensorFlow core or tensorflow-text", report["unknown"]),
+         ("need XLA (TF Serving disables it by default)", report["xla"])],
+        "  OK for TF Serving" if report["ok"] else "  NOT servable by a stock TF Serving",
+    )
 
 
 # Custom ops with TFLite kernels in tensorflow-text (`tensorflow_text.tflite_registrar`),
@@ -171,19 +176,15 @@ def audit_tflite(path):
 
 def format_tflite_report(path, report):
     """The TFLite audit in a few lines, as `tfzoo export --check` prints it."""
-    lines = [
+    return _format_lines(
         f"{path}: {len(report['builtin'])} TFLite builtin ops, {len(report['text'])} tensorflow-text custom ops",
-        f"  tensorflow-text: {', '.join(report['text']) or '-'}",
-    ]
-    if report["flex"]:
-        lines.append(f"  Flex (need TensorFlow's Flex delegate): {', '.join(report['flex'])}")
-    if report["unknown"]:
-        lines.append(f"  custom ops no known kernel provides: {', '.join(report['unknown'])}")
-    if report["crashing"]:
-        lines.append(f"  custom ops whose kernel crashes this runtime: {', '.join(report['crashing'])}")
-    lines.append("  OK for TFLite (builtins + tensorflow-text)" if report["ok"]
-                 else "  NOT runnable by TFLite with builtins + tensorflow-text")
-    return "\n".join(lines)
+        report["text"],
+        [("Flex (need TensorFlow's Flex delegate)", report["flex"]),
+         ("custom ops no known kernel provides", report["unknown"]),
+         ("custom ops whose kernel crashes this runtime", report["crashing"])],
+        "  OK for TFLite (builtins + tensorflow-text)" if report["ok"]
+        else "  NOT runnable by TFLite with builtins + tensorflow-text",
+    )
 
 
 def check_export(path):

@@ -61,9 +61,16 @@ class GPTServingModule(tf.Module):
         ragged = self.tokenizer(prompts)  # (batch, None) ragged
         lengths = tf.cast(ragged.row_lengths(), tf.int32)
         prompt_length = tf.reduce_max(lengths)
-        tf.debugging.assert_greater(tf.reduce_min(lengths), 0, message="A prompt is empty.")
         room = model.max_sequence_length - prompt_length
-        tf.debugging.assert_positive(room, message="A prompt is longer than the model's maximum length.")
+        # The checks must run before the work they guard: inside a tf.function an assertion is
+        # not otherwise ordered before the gathers, which then fail first with a cryptic index error.
+        checks = [
+            tf.debugging.assert_greater(tf.reduce_min(lengths), 0, message="A prompt is empty."),
+            tf.debugging.assert_positive(room, message="A prompt is longer than the model's maximum length."),
+        ]
+        with tf.control_dependencies(checks):
+            ragged = tf.identity(ragged)
+            room = tf.identity(room)
         max_new_tokens = tf.clip_by_value(max_new_tokens, 0, room)
         # Left-pad: reverse each row, pad on the right, reverse back.
         padded = tf.cast(tf.reverse(tf.reverse(ragged, axis=[1]).to_tensor(0), axis=[1]), tf.int32)
@@ -180,11 +187,15 @@ class Seq2SeqServingModule(tf.Module):
         model = self.model
         ragged = tf.cast(self.source_tokenizer(sentences), tf.int32)  # (batch, None)
         lengths = tf.cast(ragged.row_lengths(), tf.int32)
-        tf.debugging.assert_greater(tf.reduce_min(tf.concat([lengths, [1]], 0)), 0,
-                                    message="A sentence is empty: give at least one word.")
-        tf.debugging.assert_less_equal(
-            tf.reduce_max(tf.concat([lengths, [0]], 0)) + 1, model.max_sequence_length,
-            message=f"A sentence is longer than the model's max_sequence_length={model.max_sequence_length} tokens.")
+        checks = [  # ordered before the work they guard, as in GPTServingModule._generate
+            tf.debugging.assert_greater(tf.reduce_min(tf.concat([lengths, [1]], 0)), 0,
+                                        message="A sentence is empty: give at least one word."),
+            tf.debugging.assert_less_equal(
+                tf.reduce_max(tf.concat([lengths, [0]], 0)) + 1, model.max_sequence_length,
+                message=f"A sentence is longer than the model's max_sequence_length={model.max_sequence_length} tokens."),
+        ]
+        with tf.control_dependencies(checks):
+            ragged = tf.identity(ragged)
         ends = tf.RaggedTensor.from_tensor(tf.fill([tf.shape(sentences)[0], 1], model.end_token_id))
         source = tf.concat([ragged.with_row_splits_dtype(tf.int64), ends], axis=1).to_tensor(model.pad_token_id)
         tokens, new_lengths = model.generate_token_ids(
@@ -209,22 +220,30 @@ class Seq2SeqServingModule(tf.Module):
                 "translate_beam": self.translate_beam.get_concrete_function()}
 
 
-def serving_module(model, label_names=None):
-    """The serving module for `model`'s family, or a ValueError naming the type."""
+def model_family(model, target="SavedModel"):
+    """"gpt", "seq2seq", "classifier" or "encoder": which kind of export `model` gets.
+
+    Shared by the SavedModel and TFLite exports; anything else is a ValueError naming its type.
+    """
     from tfzoo.models import GPT, BertClassifier, BertEncoder, Seq2SeqTransformer
 
-    if isinstance(model, GPT):
-        return GPTServingModule(model)
-    if isinstance(model, Seq2SeqTransformer):
-        return Seq2SeqServingModule(model)
-    if isinstance(model, BertClassifier):
-        return ClassifierServingModule(model, label_names)
-    if isinstance(model, BertEncoder):
-        return EncoderServingModule(model)
+    # A classifier is checked before the encoder family it belongs with.
+    for family, model_class in (("gpt", GPT), ("seq2seq", Seq2SeqTransformer), ("classifier", BertClassifier),
+                                ("encoder", BertEncoder)):
+        if isinstance(model, model_class):
+            return family
     raise ValueError(
-        f"Cannot export a {type(model).__name__}: tfzoo exports GPT, BertClassifier, BertEncoder and "
-        "Seq2SeqTransformer."
+        f"Cannot export a {type(model).__name__} to {target}: tfzoo exports GPT, BertClassifier, BertEncoder "
+        "and Seq2SeqTransformer."
     )
+
+
+def serving_module(model, label_names=None):
+    """The serving module for `model`'s family, or a ValueError naming the type."""
+    family = model_family(model)
+    if family == "classifier":
+        return ClassifierServingModule(model, label_names)
+    return {"gpt": GPTServingModule, "seq2seq": Seq2SeqServingModule, "encoder": EncoderServingModule}[family](model)
 
 
 def export_saved_model(model, export_root="savedmodels", name=None, version=None, overwrite=False, label_names=None):

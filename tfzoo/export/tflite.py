@@ -365,20 +365,14 @@ class TranslatorLiteModule(tf.Module):
 
 def tflite_module(model, label_names=None, text_signature="auto"):
     """The TFLite module for `model`'s family, or a ValueError naming the type."""
-    from tfzoo.models import GPT, BertClassifier, BertEncoder
+    from tfzoo.export.saved_model import model_family
 
-    if isinstance(model, GPT):
+    family = model_family(model, "TFLite")
+    if family == "gpt":
         return GPTLiteModule(model, text_signature)
-    if type(model).__name__ == "Seq2SeqTransformer":
-        return TranslatorLiteModule(model)
-    if isinstance(model, BertClassifier):
+    if family == "classifier":
         return ClassifierLiteModule(model, label_names)
-    if isinstance(model, BertEncoder):
-        return EncoderLiteModule(model)
-    raise ValueError(
-        f"Cannot export a {type(model).__name__} to TFLite: tfzoo exports GPT, BertClassifier, BertEncoder and "
-        "Seq2SeqTransformer."
-    )
+    return {"seq2seq": TranslatorLiteModule, "encoder": EncoderLiteModule}[family](model)
 
 
 def _frozen_signatures(module):

@@ -14,7 +14,7 @@ from tfzoo.generation.decoding import round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
 from tfzoo.tracking import Untracked
-from tfzoo.validation import dropout_rate, positive_int
+from tfzoo.validation import dropout_rate, positive_int, token_id_lists
 
 
 @keras.saving.register_keras_serializable(package="tfzoo")
@@ -267,36 +267,6 @@ class GPT(keras.Model):
             self._untracked.generators[key] = generate_compiled
         return self._untracked.generators[key]
 
-    def _prompt_token_ids(self, prompts):
-        if isinstance(prompts, str):
-            raise ValueError("`prompts` must be a list of prompts; wrap a single prompt in a list.")
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("`prompts` is empty: give at least one prompt.")
-        strings = all(isinstance(prompt, str) for prompt in prompts)
-        if strings:
-            if self.tokenizer is None:
-                raise ValueError("This model has no tokenizer: pass prompts as lists of token ids.")
-            for position, prompt in enumerate(prompts):
-                if not prompt:
-                    raise ValueError(f"Prompt {position} is an empty string: give at least one character.")
-            token_ids = self.tokenizer(prompts)
-            # keras-hub tokenizers return Python lists when called eagerly; tfzoo's
-            # own return ragged tensors.
-            if isinstance(token_ids, tf.RaggedTensor):
-                token_ids = token_ids.to_list()
-            token_lists = [[int(token) for token in ids] for ids in token_ids]
-        else:
-            token_lists = [np.asarray(prompt).reshape(-1).tolist() for prompt in prompts]
-        for position, ids in enumerate(token_lists):
-            if not ids:
-                raise ValueError(f"Prompt {position} has no tokens: give at least one.")
-            if min(ids) < 0 or max(ids) >= self.vocabulary_size:
-                raise ValueError(
-                    f"Prompt {position} has token ids outside [0, {self.vocabulary_size}): {ids}"
-                )
-        return token_lists, strings
-
     def generate(self, prompts, max_new_tokens=32, temperature=0.0, top_k=None, top_p=None,
                  stop_token_ids="auto", seed=None, use_cache=True, jit_compile="auto"):
         """Continues each prompt.
@@ -321,7 +291,7 @@ class GPT(keras.Model):
             otherwise lists of new token ids.
         """
         validate_sampling(max_new_tokens, temperature, top_k, top_p)
-        token_lists, strings = self._prompt_token_ids(prompts)
+        token_lists, strings = token_id_lists(prompts, self.tokenizer, self.vocabulary_size, "prompts", "Prompt")
         if not self.built:
             self.build()  # else the decode loop would build the sublayers but not the model
         longest = max(len(ids) for ids in token_lists)

@@ -25,7 +25,7 @@ from tfzoo.generation.beam_search import beam_search, tile_for_beams, validate_b
 from tfzoo.generation.decoding import round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock
 from tfzoo.tracking import Untracked
-from tfzoo.validation import dropout_rate, positive_int
+from tfzoo.validation import dropout_rate, positive_int, token_id_lists
 
 PAD_ID, START_ID, END_ID = 0, 2, 3
 
@@ -543,28 +543,10 @@ class Seq2SeqTransformer(keras.Model):
         A source longer than `max_sequence_length - 1` tokens is a `ValueError`, or with
         `truncate` is cut to that length (as `tfzoo.data.translation_dataset` does).
         """
-        if isinstance(sources, str):
-            raise ValueError("`sources` must be a list of sentences; wrap a single sentence in a list.")
-        sources = list(sources)
-        if not sources:
-            raise ValueError("`sources` is empty: give at least one sentence.")
-        strings = all(isinstance(source, str) for source in sources)
-        if strings:
-            if self.source_tokenizer is None:
-                raise ValueError("This model has no source tokenizer: pass sources as lists of token ids.")
-            for position, source in enumerate(sources):
-                if not source.strip():
-                    raise ValueError(f"Source sentence {position} is empty ({source!r}): give at least one word.")
-            token_lists = [list(ids) for ids in self.source_tokenizer(sources).to_list()]
-        else:
-            token_lists = [np.asarray(source).reshape(-1).tolist() for source in sources]
+        token_lists, strings = token_id_lists(
+            sources, self.source_tokenizer, self.vocabulary_size, "sources", "Source sentence", blank_is_empty=True
+        )
         for position, ids in enumerate(token_lists):
-            if not ids:
-                raise ValueError(f"Source sentence {position} has no tokens: give at least one.")
-            if min(ids) < 0 or max(ids) >= self.vocabulary_size:
-                raise ValueError(
-                    f"Source sentence {position} has token ids outside [0, {self.vocabulary_size}): {ids}"
-                )
             if len(ids) + 1 > self.max_sequence_length and truncate:
                 token_lists[position] = ids = ids[: self.max_sequence_length - 1]
             if len(ids) + 1 > self.max_sequence_length:
