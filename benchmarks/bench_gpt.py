@@ -179,7 +179,7 @@ class TorchTrainer:
         return loss.item()
 
     def count_params(self):
-        return parameter_count(HF_TORCH, self.model)
+        return parameter_count(self.model)
 
 
 def compile_model(system, model, jit_compile):

@@ -5,6 +5,7 @@ a NumPy implementation written here from the formulas (using only the layer's
 weights), or `keras.layers.MultiHeadAttention` loaded with the same weights.
 """
 
+import contextlib
 import math
 import re
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfzoo.layers import MultiHeadAttention, PositionalEncoding, TransformerBlock, causal_mask
+from tfzoo.layers import MultiHeadAttention, PositionalEncoding, TransformerBlock, cache_writes_in_place, causal_mask
 
 ATOL = 1e-5
 RTOL = 1e-5
@@ -397,6 +398,32 @@ def test_mha_cache_in_tf_function_with_tensor_index(rng):
     for index in range(4):
         output, cache = step(x[:, index:index + 1], cache, tf.constant(index, tf.int32))
         assert_close(output[:, 0], full[:, index])
+
+
+def test_in_place_cache_writes_under_xla_equal_the_default(rng):
+    # cache_writes_in_place() swaps gather + select for XLA's dynamic_update_slice.
+    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    x = random(rng, 2, 5, 8)
+
+    def decode(in_place):
+        @tf.function(jit_compile=True)
+        def step(tokens, cache, index):
+            with cache_writes_in_place() if in_place else contextlib.nullcontext():
+                return layer(tokens, use_causal_mask=True, cache=cache, cache_index=index)
+
+        cache, outputs = tf.zeros((2, 2, 6, 2, 4)), []
+        for start, end in ((0, 2), (2, 3), (3, 5)):  # a prompt of 2, then one token at a time
+            output, cache = step(x[:, start:end], cache, tf.constant(start, tf.int32))
+            outputs.append(output)
+        graph = step.get_concrete_function(x[:, :1], cache, tf.constant(0, tf.int32)).graph
+        return np.concatenate(outputs, axis=1), np.asarray(cache), {op.type for op in graph.get_operations()}
+
+    default, default_cache, default_ops = decode(False)
+    in_place, in_place_cache, in_place_ops = decode(True)
+    assert "XlaDynamicUpdateSlice" in in_place_ops and "XlaDynamicUpdateSlice" not in default_ops
+    np.testing.assert_allclose(in_place, default, atol=1e-6)
+    np.testing.assert_array_equal(in_place_cache, default_cache)
+    assert_close(default, np.asarray(layer(x, use_causal_mask=True)))
 
 
 def test_mha_precomputed_cross_attention_cache(rng):

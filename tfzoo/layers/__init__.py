@@ -1,10 +1,11 @@
 """tfzoo's building blocks: attention, positions, and the Transformer block."""
 
-from tfzoo.layers.attention import MultiHeadAttention, causal_mask
+from tfzoo.layers.attention import MultiHeadAttention, cache_writes_in_place, causal_mask
 from tfzoo.layers.positional import PositionalEncoding, sinusoidal_encoding
 from tfzoo.layers.transformer import TransformerBlock
 
 __all__ = [
+    "cache_writes_in_place",
     "MultiHeadAttention",
     "PositionalEncoding",
     "TransformerBlock",

@@ -4,6 +4,8 @@ token ids -> token embedding + learned positions -> pre-norm causal blocks -> fi
 layer norm -> logits through the token embedding again (tied weights).
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -11,7 +13,7 @@ from keras import ops
 
 from tfzoo.generation import decode_loop, left_pad, next_token, sampler, validate_sampling
 from tfzoo.generation.decoding import round_up
-from tfzoo.layers import PositionalEncoding, TransformerBlock
+from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
 from tfzoo.tracking import Untracked
 from tfzoo.validation import dropout_rate, positive_int, token_id_lists
@@ -259,10 +261,11 @@ class GPT(keras.Model):
 
             @tf.function(jit_compile=jit_compile, reduce_retracing=True)
             def generate_compiled(token_ids, pad_counts, max_new_tokens, seed):
-                return self.generate_token_ids(
-                    token_ids, pad_counts, max_new_tokens, capacity, choose=sampler(temperature, top_k, top_p),
-                    stop_token_ids=stop_token_ids, seed=seed,
-                )
+                with cache_writes_in_place() if jit_compile else contextlib.nullcontext():
+                    return self.generate_token_ids(
+                        token_ids, pad_counts, max_new_tokens, capacity, choose=sampler(temperature, top_k, top_p),
+                        stop_token_ids=stop_token_ids, seed=seed,
+                    )
 
             self._untracked.generators[key] = generate_compiled
         return self._untracked.generators[key]

@@ -15,6 +15,8 @@ keys/values step by step, and computes each cross-attention layer's keys/values 
 per source.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -23,7 +25,7 @@ from keras import ops
 from tfzoo.generation import decode_loop, sampler, validate_sampling
 from tfzoo.generation.beam_search import beam_search, tile_for_beams, validate_beam_search
 from tfzoo.generation.decoding import round_up
-from tfzoo.layers import PositionalEncoding, TransformerBlock
+from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place
 from tfzoo.tracking import Untracked
 from tfzoo.validation import dropout_rate, positive_int, token_id_lists
 
@@ -563,11 +565,12 @@ class Seq2SeqTransformer(keras.Model):
 
             @tf.function(jit_compile=jit_compile, reduce_retracing=True)
             def decode(encoder_token_ids, encoder_padding_mask, max_new_tokens, seed):
-                return self.generate_token_ids(
-                    encoder_token_ids, encoder_padding_mask, max_new_tokens, capacity, beam_width=beam_width,
-                    length_penalty=length_penalty, choose=sampler(temperature, top_k, top_p), seed=seed,
-                    use_cache=use_cache,
-                )
+                with cache_writes_in_place() if jit_compile else contextlib.nullcontext():
+                    return self.generate_token_ids(
+                        encoder_token_ids, encoder_padding_mask, max_new_tokens, capacity, beam_width=beam_width,
+                        length_penalty=length_penalty, choose=sampler(temperature, top_k, top_p), seed=seed,
+                        use_cache=use_cache,
+                    )
 
             self._untracked.decoders[key] = decode
         return self._untracked.decoders[key]
