@@ -23,6 +23,7 @@ tfzoo to each peer. Results go to benchmarks/results/.
     python benchmarks/bench_gpt.py --only generate --rounds 5
 """
 
+import contextlib
 import gc
 import glob
 import json
@@ -237,18 +238,39 @@ def train_steps(model, batches, steps, start=0):
     return seconds, None if loss is None else float(np.asarray(loss).reshape(-1)[0])
 
 
+def variant_systems(variant):
+    return (TFZOO, KERAS_HUB) if variant == "bf16" else systems()
+
+
+@contextlib.contextmanager
+def dtype_policy(policy):
+    """Keras' global dtype policy set to `policy` while models are built and compiled."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def run_training(settings, rounds, log):
     tokens_per_step = settings["train_batch_size"] * settings["train_sequence_length"]
     vocabulary_size = model_arguments(settings["preset"])["vocabulary_size"]
     batches = training_batches(settings, vocabulary_size)
-    variants = (("default", None), ("xla", True))
+    # (name, jit_compile, Keras dtype policy). The mixed_bfloat16 row is the Keras systems
+    # only: bfloat16 matmuls pay off where the CPU has AMX / AVX512-BF16 (machine_info lists
+    # the CPU flags); this is the row that says whether they do here.
+    variants = (("default", None, "float32"), ("xla", True, "float32"), ("bf16", None, "mixed_bfloat16"))
     measures, checks = {}, {}
     models = {}
-    for variant, jit_compile in variants:
-        for system in systems():
+    for variant, jit_compile, policy in variants:
+        for system in variant_systems(variant):
             # PyTorch has no XLA switch here: it is measured eagerly again in the XLA row,
             # back to back with the others like every measure.
-            model = compile_model(system, build(system, settings["preset"], seed=0), jit_compile)
+            with dtype_policy(policy):
+                model = compile_model(system, build(system, settings["preset"], seed=0), jit_compile)
             first, first_loss = train_steps(model, batches[system], 1)
             rest, loss = train_steps(model, batches[system], settings["train_warmup_steps"] - 1, start=1)
             models[variant, system] = model
@@ -261,9 +283,9 @@ def run_training(settings, rounds, log):
             if not np.isfinite(first_loss):
                 raise RuntimeError(f"{system} training loss is not finite: {first_loss}")
     for round_index in range(rounds):
-        for variant, _ in variants:
+        for variant, _, _ in variants:
             key = f"train_tokens_per_second_{variant}"
-            for system in order_for_round(round_index, systems()):
+            for system in order_for_round(round_index, variant_systems(variant)):
                 model = models[variant, system]
                 train_steps(model, batches[system], 1)  # re-warm caches after the other model ran
                 seconds, loss = train_steps(model, batches[system], settings["train_steps"], start=1)
@@ -401,6 +423,7 @@ def run_generation(settings, rounds, log):
 MEASURE_ORDER = [
     ("train_tokens_per_second_default", "training tokens/s, batch {tb}x{tl}, Keras default (no XLA)", "higher"),
     ("train_tokens_per_second_xla", "training tokens/s, batch {tb}x{tl}, XLA", "higher"),
+    ("train_tokens_per_second_bf16", "training tokens/s, batch {tb}x{tl}, mixed_bfloat16, no XLA", "higher"),
 ]
 
 
@@ -436,7 +459,8 @@ def utilisation_rows(results, settings, peak):
     flops = training_flops_per_token(settings)
     rows = []
     for row in results:
-        if row["measure"].startswith("train_tokens_per_second"):
+        # Against the float32 matmul peak: the float32 rows only.
+        if row["measure"].startswith("train_tokens_per_second") and not row["measure"].endswith("bf16"):
             rows.append((row["label"], {system: value["median"] * flops / (peak["peak_gflops"] * 1e9)
                                         for system, value in row["systems"].items()}))
     return rows, flops

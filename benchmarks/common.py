@@ -460,10 +460,14 @@ def machine_info():
         except (OSError, subprocess.SubprocessError):
             return None
 
-    cpu_model = None
+    cpu_model, cpu_flags = None, []
     try:
         with open("/proc/cpuinfo") as handle:
-            cpu_model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), None)
+            lines = handle.read().splitlines()
+        cpu_model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        # The vector and matrix extensions that decide float32 and bfloat16 matmul speed.
+        cpu_flags = sorted(flag for flag in flags if flag in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"))
     except OSError:
         pass
     return dict(
@@ -471,6 +475,7 @@ def machine_info():
         cpu_count=os.cpu_count(),
         cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         cpu_model=cpu_model,
+        cpu_flags=cpu_flags,
         platform=platform.platform(),
         python=sys.version.split()[0],
         tensorflow=tf.__version__,
@@ -496,7 +501,8 @@ def print_report(title, table, info, log):
     print(table)
     torch_versions = (f", PyTorch {info['torch']}, transformers {info['transformers']}"
                       if info.get("torch") and info.get("transformers") else "")
-    print(f"\n{info['cpu_count']} CPUs, {info['platform']}, TF {info['tensorflow']}, Keras {info['keras']}, "
+    cpu = f"{info.get('cpu_model') or 'unknown CPU'} ({' '.join(info.get('cpu_flags') or []) or 'flags unknown'}), "
+    print(f"\n{info['cpu_count']} CPUs, {cpu}{info['platform']}, TF {info['tensorflow']}, Keras {info['keras']}, "
           f"keras-hub {info['keras_hub']}{torch_versions}; 1-minute load average during the run "
           f"{log.load_summary()}; took {log.elapsed():.0f} s")
 
