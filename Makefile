@@ -2,7 +2,7 @@
 # transformers on PyTorch when installed (make bench-deps); see benchmarks/README.md.
 PYTHON ?= .venv/bin/python
 
-.PHONY: bench bench-deps bench-quick bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite
+.PHONY: bench bench-deps bench-quick bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite profile-gpt
 
 # Full runs, one after the other (about 30-40 minutes on 2 cores). Extra flags: make bench ARGS="--rounds 5"
 bench: bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite
@@ -34,3 +34,7 @@ bench-quick:
 	$(PYTHON) benchmarks/bench_seq2seq.py --quick
 	$(PYTHON) benchmarks/bench_serving.py --quick
 	$(PYTHON) benchmarks/bench_tflite.py --quick
+
+# Where a tiny-GPT training step and a decoding step spend their time (about 1 minute).
+profile-gpt:
+	$(PYTHON) benchmarks/profile_gpt.py $(ARGS)

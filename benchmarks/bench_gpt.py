@@ -184,18 +184,19 @@ class TorchTrainer:
 
 
 def compile_model(system, model, jit_compile):
-    """Same optimizer, same loss, no metrics; `jit_compile=None` keeps Keras' default."""
+    """Same optimizer, no metrics, each library's own default loss (`"auto"`): next-token
+    sparse cross-entropy from logits for both, Keras' for keras-hub and tfzoo's
+    XLA-compiled one for tfzoo. `jit_compile=None` keeps Keras' default."""
     if system == HF_TORCH:
         return TorchTrainer(model)  # eager PyTorch: there is no jit_compile to set
     import keras
 
     kwargs = {} if jit_compile is None else {"jit_compile": jit_compile}
     optimizer = keras.optimizers.Adam(learning_rate=1e-4)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if system == TFZOO:
-        model.compile(optimizer=optimizer, loss=loss, metrics=[], **kwargs)
+        model.compile(optimizer=optimizer, loss="auto", metrics=[], **kwargs)
     else:
-        model.compile(optimizer=optimizer, loss=loss, weighted_metrics=[], sampler="greedy", **kwargs)
+        model.compile(optimizer=optimizer, loss="auto", weighted_metrics=[], sampler="greedy", **kwargs)
     return model
 
 

@@ -27,6 +27,7 @@ from tfzoo.generation.beam_search import beam_search, tile_for_beams, validate_b
 from tfzoo.generation.decoding import round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place
 from tfzoo.tracking import Untracked
+from tfzoo.training.losses import checked_labels, smoothed_token_cross_entropy
 from tfzoo.validation import dropout_rate, positive_int, token_id_lists
 
 PAD_ID, START_ID, END_ID = 0, 2, 3
@@ -78,9 +79,8 @@ class LabelSmoothedCrossEntropy(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "int32")  # (batch, target)
-        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)  # (batch, target, vocab)
-        true_log_probs = ops.take_along_axis(log_probs, y_true[..., None], axis=-1)[..., 0]
-        loss = -(1.0 - self.label_smoothing) * true_log_probs - self.label_smoothing * ops.mean(log_probs, axis=-1)
+        # Compiled with XLA, like tfzoo.training.losses.SparseCrossEntropy: ~3x faster on CPU.
+        loss = smoothed_token_cross_entropy(checked_labels(y_true, y_pred), y_pred, self.label_smoothing)
         real = ops.cast(ops.not_equal(y_true, self.pad_token_id), "float32")
         # Scaled so that the default mean over all tokens is the mean over the real ones.
         total = ops.cast(ops.size(real), "float32")

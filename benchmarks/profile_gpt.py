@@ -1,0 +1,186 @@
+"""Where a tiny-GPT training step and a decoding step spend their time, tfzoo and keras-hub.
+
+The profile behind issue 8's notes. Training (batch 16 x 256, float32, Keras' default:
+no XLA) is split into cumulative stages, each a `tf.function` timed on its own:
+
+1. the matrix multiplies alone, with the step's shapes (forward: every projection, the
+   attention products and the tied output projection; backward: twice those), so the
+   time the step would take if nothing but its matmuls ran;
+2. the forward pass (logits); 3. plus the loss; 4. plus the gradients;
+5. the whole `train_on_batch` step (plus the Adam update and Keras' bookkeeping).
+
+Greedy decoding (prompt 32 + 64 new, XLA) is set against a loop of the decoding step's
+matrix-vector products alone (every weight read once per new token), the floor that
+memory bandwidth sets at batch 1.
+
+    python benchmarks/profile_gpt.py            # about 3 minutes on 2 cores
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_gpt  # noqa: E402
+from common import KERAS_HUB, TFZOO, Logger, machine_info  # noqa: E402
+
+
+def median_seconds(function, calls):
+    function()  # traces (and compiles) outside the timing
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        result = function()
+        np.asarray(result)  # waits for the work
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def matmul_floor(arguments, batch_size, length, backward):
+    """A function running the step's matmuls (forward, and twice over for the backward)."""
+    import tensorflow as tf
+
+    d, f, v, heads = (arguments[name] for name in ("hidden_dim", "intermediate_dim", "vocabulary_size", "num_heads"))
+    rng = np.random.default_rng(0)
+    tokens = batch_size * length
+
+    def tensor(*shape):
+        # Variables, not constants: Grappler would fold a product of constants before timing.
+        return tf.Variable(rng.standard_normal(shape).astype("float32") * 0.02)
+
+    x, x_ffn = tensor(tokens, d), tensor(tokens, f)
+    weights = {"attention": tensor(d, 4 * d), "up": tensor(d, f), "down": tensor(f, d), "head": tensor(d, v)}
+    q = tensor(batch_size * heads, length, d // heads)
+    repeats = 3 if backward else 1
+
+    @tf.function
+    def run():
+        total = tf.constant(0.0)
+        for _ in range(repeats):
+            for _ in range(arguments["num_layers"]):
+                # Q, K, V and the output projection as one (tokens, d) x (d, 4d) product of the same FLOPs.
+                total += tf.reduce_sum(tf.matmul(x, weights["attention"])[:1])
+                scores = tf.matmul(q, q, transpose_b=True)
+                total += tf.reduce_sum(tf.matmul(scores, q)[:1])
+                total += tf.reduce_sum(tf.matmul(x, weights["up"])[:1])
+                total += tf.reduce_sum(tf.matmul(x_ffn, weights["down"])[:1])
+            total += tf.reduce_sum(tf.matmul(x, weights["head"])[:1])
+        return total
+
+    return run
+
+
+def training_stages(system, model, batch, calls):
+    import tensorflow as tf
+
+    inputs, labels = batch
+    loss_function = model.loss  # each library's default: see bench_gpt.compile_model
+
+    def logits_of(x):
+        output = model(x, training=True)
+        return output["logits"] if isinstance(output, dict) else output
+
+    @tf.function
+    def forward():
+        return tf.reduce_sum(logits_of(inputs)[:, :1])
+
+    @tf.function
+    def forward_loss():
+        return loss_function(labels, logits_of(inputs))
+
+    @tf.function
+    def gradients():
+        with tf.GradientTape() as tape:
+            loss = loss_function(labels, logits_of(inputs))
+        grads = tape.gradient(loss, model.trainable_variables)
+        # A token embedding's gradient may come as IndexedSlices (the lookup's rows).
+        return tf.add_n([tf.reduce_sum((g.values if isinstance(g, tf.IndexedSlices) else g)[:1]) for g in grads])
+
+    return {
+        "forward": median_seconds(forward, calls),
+        "+ loss": median_seconds(forward_loss, calls),
+        "+ gradients": median_seconds(gradients, calls),
+        "train_on_batch": median_seconds(lambda: model.train_on_batch(inputs, labels), calls),
+    }
+
+
+def decode_floor(arguments, batch_size, new_tokens):
+    """A compiled loop of `new_tokens` steps of the decoding step's matrix-vector products."""
+    import tensorflow as tf
+
+    d, f, v = arguments["hidden_dim"], arguments["intermediate_dim"], arguments["vocabulary_size"]
+    rng = np.random.default_rng(0)
+    shapes = [(d, 3 * d), (d, d), (d, f), (f, d)] * arguments["num_layers"] + [(d, v)]
+    weights = [tf.constant(rng.standard_normal(shape).astype("float32") * 0.02) for shape in shapes]
+
+    @tf.function(jit_compile=True)
+    def run(hidden):
+        def step(index, hidden):
+            for layer in range(arguments["num_layers"]):
+                attention, output, up, down = weights[4 * layer:4 * layer + 4]
+                hidden = hidden + tf.matmul(tf.matmul(hidden, attention)[:, :d], output)
+                hidden = hidden + tf.matmul(tf.nn.gelu(tf.matmul(hidden, up)), down)
+            logits = tf.matmul(hidden, weights[-1])
+            # The argmax feeds the next step, so no product can be skipped.
+            return index + 1, hidden * 0.5 + tf.cast(tf.argmax(logits, -1), tf.float32)[:, None] * 1e-6
+
+        return tf.while_loop(lambda index, _: index < new_tokens, step, (0, hidden))[1]
+
+    hidden = tf.ones((batch_size, d))
+    return lambda: run(hidden)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=5, help="timed calls per stage (median reported)")
+    args = parser.parse_args(argv)
+    log = Logger()
+    info = machine_info()
+    settings = bench_gpt.SETTINGS["full"]
+    arguments = bench_gpt.model_arguments(settings["preset"])
+    batch_size, length = settings["train_batch_size"], settings["train_sequence_length"]
+    batches = bench_gpt.training_batches(settings, arguments["vocabulary_size"], count=1)
+
+    rows = {}  # the matmul floors are the same work for both systems: one measure each
+    for stage, backward in (("matmuls alone (forward)", False), ("matmuls alone (forward + backward)", True)):
+        seconds = median_seconds(matmul_floor(arguments, batch_size, length, backward), args.calls)
+        rows[stage] = dict.fromkeys((TFZOO, KERAS_HUB), seconds)
+    for system in (TFZOO, KERAS_HUB):
+        model = bench_gpt.compile_model(system, bench_gpt.build(system, settings["preset"], seed=0), None)
+        for stage, seconds in training_stages(system, model, batches[system][0], args.calls).items():
+            rows.setdefault(stage, {})[system] = seconds
+            log(f"  {system:9s} {stage:16s} {seconds * 1e3:7.1f} ms")
+
+    print(f"\nTraining step, batch {batch_size}x{length}, float32, no XLA: median ms of {args.calls} calls "
+          "(each stage includes the ones above it)\n")
+    print("| stage | tfzoo | keras-hub |\n|---|---:|---:|")
+    for stage, values in rows.items():
+        print(f"| {stage} | {values[TFZOO] * 1e3:.1f} | {values[KERAS_HUB] * 1e3:.1f} |")
+
+    new_tokens = settings["new_tokens"]
+    print(f"\nGreedy decoding, prompt {settings['prompt_length']} + {new_tokens} new, XLA: ms per new-token step\n")
+    print("| batch | matvecs alone (floor) | tfzoo | keras-hub |\n|---|---:|---:|---:|")
+    for batch_size in settings["generate_batch_sizes"]:
+        floor = median_seconds(decode_floor(arguments, batch_size, new_tokens), args.calls) / new_tokens
+        prompts = bench_gpt.generation_prompts(settings, batch_size, arguments["vocabulary_size"], seed=0)
+        steps = {}
+        for system in (TFZOO, KERAS_HUB):
+            model = bench_gpt.build(system, settings["preset"], seed=0)
+            if system == KERAS_HUB:
+                bench_gpt.compile_model(system, model, True)
+            generate, _ = bench_gpt.make_generate(system, model, prompts, new_tokens, True)
+            steps[system] = median_seconds(generate, args.calls) / new_tokens  # prefill included
+        print(f"| {batch_size} | {floor * 1e3:.2f} | {steps[TFZOO] * 1e3:.2f} | {steps[KERAS_HUB] * 1e3:.2f} |")
+    print(f"\n{info['cpu_model']} ({' '.join(info['cpu_flags'])}), TF {info['tensorflow']}, keras-hub "
+          f"{info['keras_hub']}; load {log.load_summary()}; took {log.elapsed():.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""tfzoo's XLA-compiled losses and perplexity against Keras', keras-hub's and the formula."""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfzoo.training.losses import Perplexity, SparseCrossEntropy, smoothed_token_cross_entropy, token_cross_entropy
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 50, (4, 7)).astype("int32")
+    logits = (3 * rng.standard_normal((4, 7, 50))).astype("float32")
+    weights = rng.random((4, 7)).astype("float32")
+    return labels, logits, weights
+
+
+def log_softmax_np(logits):
+    logits = logits.astype("float64")
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def test_token_cross_entropy_is_the_formula(batch):
+    labels, logits, _ = batch
+    expected = -np.take_along_axis(log_softmax_np(logits), labels[..., None], -1)[..., 0]
+    np.testing.assert_allclose(token_cross_entropy(labels, logits), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+def test_smoothed_cross_entropy_is_the_formula(batch, smoothing):
+    labels, logits, _ = batch
+    log_probs = log_softmax_np(logits)
+    chosen = np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    expected = -(1 - smoothing) * chosen - smoothing * log_probs.mean(-1)
+    np.testing.assert_allclose(smoothed_token_cross_entropy(labels, logits, smoothing), expected, rtol=1e-5)
+
+
+def test_sparse_cross_entropy_equals_keras_with_weights_and_its_gradient(batch):
+    labels, logits, weights = batch
+    ours, theirs = SparseCrossEntropy(), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    np.testing.assert_allclose(ours(labels, logits), theirs(labels, logits), rtol=1e-6)
+    np.testing.assert_allclose(ours(labels, logits, weights), theirs(labels, logits, weights), rtol=1e-6)
+    np.testing.assert_allclose(ours(labels[..., None], logits), theirs(labels, logits), rtol=1e-6)
+    variable = tf.Variable(logits)
+    gradients = []
+    for loss in (ours, theirs):
+        with tf.GradientTape() as tape:
+            value = loss(labels, variable, weights)
+        gradients.append(tape.gradient(value, variable))
+    np.testing.assert_allclose(gradients[0], gradients[1], atol=1e-7)
+    assert SparseCrossEntropy.from_config(ours.get_config()).get_config() == ours.get_config()
+
+
+@pytest.mark.parametrize("bad_label, message", [(50, "not below the vocabulary size"), (-1, "negative")])
+def test_labels_outside_the_vocabulary_are_refused(batch, bad_label, message):
+    labels, logits, _ = batch
+    labels = labels.copy()
+    labels[1, 2] = bad_label  # XLA's gather would clamp it silently
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        SparseCrossEntropy()(labels, logits)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        Perplexity().update_state(labels, logits)
+
+
+@pytest.mark.parametrize("mask_token_id", [None, 3])
+def test_perplexity_equals_keras_hub(batch, mask_token_id):
+    labels, logits, weights = batch
+    labels = labels.copy()
+    labels[0, :3] = 3  # some masked tokens
+    ours = Perplexity(mask_token_id=mask_token_id)
+    theirs = keras_hub.metrics.Perplexity(from_logits=True, mask_token_id=mask_token_id)
+    for metric in (ours, theirs):  # two updates: the running mean must weigh tokens, not batches
+        metric.update_state(labels[:1], logits[:1], weights[:1])
+        metric.update_state(labels[1:], logits[1:], weights[1:])
+    np.testing.assert_allclose(float(ours.result()), float(theirs.result()), rtol=1e-5)
+    ours.reset_state()
+    ours.update_state(labels, logits)
+    theirs.reset_state()
+    theirs.update_state(labels, logits)
+    np.testing.assert_allclose(float(ours.result()), float(theirs.result()), rtol=1e-5)
+    assert Perplexity.from_config(ours.get_config()).get_config() == ours.get_config()
