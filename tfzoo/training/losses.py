@@ -6,7 +6,9 @@ cross-entropy kernel spends ~140 ms on that on 2 CPU cores (forward and gradient
 same formula compiled with XLA, ~45 ms (benchmarks/profile_gpt.py measures the step
 stage by stage). Keras compiles a training step without XLA by default on CPU, so the
 loss here compiles itself: only this small function is handed to XLA, the rest of the
-step runs as before.
+step runs as before. The price is memory: the compiled loss and its gradient hold copies
+of the logits that TensorFlow's fused kernel does not (~490 MiB more at the peak of that
+batch's training step, benchmarks/RESULTS.md).
 """
 
 import keras
