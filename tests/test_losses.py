@@ -1,5 +1,9 @@
 """tfzoo's XLA-compiled losses and perplexity against Keras', keras-hub's and the formula."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import keras_hub
 import numpy as np
@@ -133,3 +137,50 @@ def test_a_training_step_compiled_with_xla_reports_keras_loss_and_learns():
     for _ in range(3):
         last = model.train_on_batch(tokens[:, :-1], tokens[:, 1:], return_dict=True)
     assert last["loss"] < first["loss"]
+
+
+# Eight copies of the compiled loss run concurrently in one graph, on 40 fresh shapes:
+# each shape is a new XLA executable whose first concurrent runs build their YNNPACK
+# fusions at the same time. TensorFlow 2.21's builder of a reduction fusion is not
+# thread-safe: with TensorFlow's default fusions (XLA_FLAGS=
+# --xla_cpu_experimental_ynn_fusion_type=+individual_dot keeps them) this script
+# crashed with SIGSEGV in 2 of 3 runs here, as a resumed `tfzoo train gpt` once did in
+# its evaluation. With tfzoo's flag it passed 7 runs of 7.
+CONCURRENT_LOSSES = """
+import tensorflow as tf
+from tfzoo.training.losses import token_cross_entropy
+
+@tf.function
+def parallel(labels, logits):
+    return tf.add_n([tf.reduce_sum(token_cross_entropy(labels, logits * (1.0 + i))) for i in range(8)])
+
+for length in range(64, 104):
+    logits = tf.random.normal((8, length, 4096))
+    labels = tf.random.uniform((8, length), 0, 4096, tf.int32)
+    parallel(labels, logits).numpy()
+print("all shapes ran")
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_first_runs_of_the_compiled_loss_do_not_crash():
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    result = subprocess.run([sys.executable, "-c", CONCURRENT_LOSSES], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert "all shapes ran" in result.stdout
+
+
+def test_tfzoo_limits_ynn_fusions_but_keeps_a_users_own_setting(monkeypatch):
+    import tfzoo
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/somewhere")
+    tfzoo._limit_ynn_fusions_to_dots()
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/somewhere --xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    tfzoo._limit_ynn_fusions_to_dots()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+    monkeypatch.delenv("XLA_FLAGS")
+    tfzoo._limit_ynn_fusions_to_dots()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"

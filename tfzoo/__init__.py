@@ -15,6 +15,25 @@ import os
 # tfzoo is a TensorFlow zoo: pick Keras' TensorFlow backend unless the user chose.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+
+def _limit_ynn_fusions_to_dots():
+    """Keeps XLA:CPU's YNNPACK fusions to single matmuls, unless the user set them.
+
+    TensorFlow 2.21's XLA also hands reductions to YNNPACK, and the builder of such a
+    fusion is not thread-safe: two concurrent first runs of one compiled function (the
+    XLA-compiled loss and perplexity of one Keras step, say) can crash the process with
+    a segmentation fault (seen in a resumed training run; tests/test_losses.py
+    reproduces it). Matmul fusions use another builder and stay: greedy decoding is
+    no slower with only them (benchmarks/RESULTS.md). XLA reads the flag at its first
+    compilation, so this works even after TensorFlow was imported.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_cpu_experimental_ynn_fusion_type" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_experimental_ynn_fusion_type=individual_dot").strip()
+
+
+_limit_ynn_fusions_to_dots()
+
 from tfzoo import layers  # noqa: E402
 from tfzoo.layers import MultiHeadAttention, PositionalEncoding, TransformerBlock  # noqa: E402
 from tfzoo.models import (  # noqa: E402
