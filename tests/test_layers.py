@@ -336,7 +336,8 @@ def test_mha_matches_keras(rng, causal, masks, cross):
 def run_incremental(layer, x, chunks, cache_length, key_padding_mask=None):
     """Feeds `x` through `layer` in chunks with a cache; returns (outputs, final cache)."""
     batch = x.shape[0]
-    cache = np.zeros((batch, 2, cache_length, layer.num_heads, layer.key_dim), "float32")
+    empty = np.zeros((batch, layer.num_heads, cache_length, layer.key_dim), "float32")
+    cache = (empty, empty)
     outputs, start = [], 0
     for size in chunks:
         output, cache = layer(
@@ -347,10 +348,10 @@ def run_incremental(layer, x, chunks, cache_length, key_padding_mask=None):
             cache_index=start,
         )
         assert output.shape == (batch, size, x.shape[-1])
-        assert cache.shape == (batch, 2, cache_length, layer.num_heads, layer.key_dim)
+        assert [tuple(part.shape) for part in cache] == [(batch, layer.num_heads, cache_length, layer.key_dim)] * 2
         outputs.append(np.asarray(output))
         start += size
-    return np.concatenate(outputs, axis=1), np.asarray(cache)
+    return np.concatenate(outputs, axis=1), np.stack(cache, axis=1)  # (batch, 2, heads, cache, head_dim)
 
 
 @pytest.mark.parametrize("rotary", [False, True])
@@ -363,14 +364,15 @@ def test_mha_cache_matches_full_causal(rng, rotary, chunks):
     incremental, cache = run_incremental(layer, x, chunks, cache_length)
     assert_close(incremental, np.asarray(full, "float64"))
 
-    # The cache holds the keys (rotated, for rotary) and values computed directly.
+    # The cache holds the keys (rotated, for rotary) and values computed directly,
+    # heads before positions: (batch, 2, heads, cache, head_dim).
     keys = dense_np(layer.key_dense, x).reshape(2, 6, 2, 4)
     values = dense_np(layer.value_dense, x).reshape(2, 6, 2, 4)
     if rotary:
         keys = rotary_np(keys, np.tile(np.arange(6), (2, 1)))
-    assert_close(cache[:, 0, :6], keys)
-    assert_close(cache[:, 1, :6], values)
-    assert np.all(cache[:, :, 6:] == 0)
+    assert_close(cache[:, 0, :, :6], keys.transpose(0, 2, 1, 3))
+    assert_close(cache[:, 1, :, :6], values.transpose(0, 2, 1, 3))
+    assert np.all(cache[:, :, :, 6:] == 0)
 
 
 def test_mha_cache_with_key_padding_mask(rng):
@@ -394,7 +396,7 @@ def test_mha_cache_in_tf_function_with_tensor_index(rng):
     def step(token, cache, index):
         return layer(token, use_causal_mask=True, cache=cache, cache_index=index)
 
-    cache = tf.zeros((1, 2, 4, 2, 4))
+    cache = (tf.zeros((1, 2, 4, 4)), tf.zeros((1, 2, 4, 4)))
     for index in range(4):
         output, cache = step(x[:, index:index + 1], cache, tf.constant(index, tf.int32))
         assert_close(output[:, 0], full[:, index])
@@ -411,12 +413,12 @@ def test_in_place_cache_writes_under_xla_equal_the_default(rng):
             with cache_writes_in_place() if in_place else contextlib.nullcontext():
                 return layer(tokens, use_causal_mask=True, cache=cache, cache_index=index)
 
-        cache, outputs = tf.zeros((2, 2, 6, 2, 4)), []
+        cache, outputs = (tf.zeros((2, 2, 6, 4)), tf.zeros((2, 2, 6, 4))), []
         for start, end in ((0, 2), (2, 3), (3, 5)):  # a prompt of 2, then one token at a time
             output, cache = step(x[:, start:end], cache, tf.constant(start, tf.int32))
             outputs.append(output)
         graph = step.get_concrete_function(x[:, :1], cache, tf.constant(0, tf.int32)).graph
-        return np.concatenate(outputs, axis=1), np.asarray(cache), {op.type for op in graph.get_operations()}
+        return np.concatenate(outputs, axis=1), np.stack(cache), {op.type for op in graph.get_operations()}
 
     default, default_cache, default_ops = decode(False)
     in_place, in_place_cache, in_place_ops = decode(True)
@@ -431,12 +433,15 @@ def test_mha_precomputed_cross_attention_cache(rng):
     query, encoder = random(rng, 2, 3, 8), random(rng, 2, 5, 8)
     padding = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
     expected = layer(query, value=encoder, key_padding_mask=padding)
-    keys = dense_np(layer.key_dense, encoder).reshape(2, 5, 2, 4)
-    values = dense_np(layer.value_dense, encoder).reshape(2, 5, 2, 4)
-    cache = np.stack([keys, values], axis=1).astype("float32")
+    keys = dense_np(layer.key_dense, encoder).reshape(2, 5, 2, 4).transpose(0, 2, 1, 3)
+    values = dense_np(layer.value_dense, encoder).reshape(2, 5, 2, 4).transpose(0, 2, 1, 3)
+    cache = (keys.astype("float32"), values.astype("float32"))  # each (batch, heads, source, head_dim)
+    computed = layer.key_value_cache(encoder)
+    assert_close(computed[0], keys)
+    assert_close(computed[1], values)
     output, returned = layer(query, key_padding_mask=padding, cache=cache)
     assert_close(output, np.asarray(expected, "float64"))
-    np.testing.assert_array_equal(returned, cache)
+    np.testing.assert_array_equal(np.stack(returned), np.stack(cache))
 
 
 # ------------------------------------------------------------- PositionalEncoding
@@ -625,7 +630,7 @@ def test_block_cache_matches_uncached(rng, rotary, normalize_first):
     # key, cache slots included, so such rows legitimately differ.
     padding[1, 2] = False
     full = np.asarray(block(x, padding_mask=padding[:, :5]))
-    cache = np.zeros((2, 2, 7, 2, 4), "float32")
+    cache = (np.zeros((2, 2, 7, 4), "float32"),) * 2  # keys, values: (batch, heads, cache, head_dim)
     outputs, start = [], 0
     for size in (2, 1, 1, 1):
         output, cache = block(x[:, start:start + size], padding_mask=padding, cache=cache, cache_index=start)
@@ -636,7 +641,7 @@ def test_block_cache_matches_uncached(rng, rotary, normalize_first):
                     if normalize_first else x).reshape(2, 5, 2, 4)
     if rotary:
         keys = rotary_np(keys, np.tile(np.arange(5), (2, 1)))
-    assert_close(np.asarray(cache)[:, 0, :5], keys)
+    assert_close(np.asarray(cache[0])[:, :, :5], keys.transpose(0, 2, 1, 3))
 
 
 def test_cross_attention_block_self_cache_matches_uncached(rng):
@@ -644,7 +649,7 @@ def test_cross_attention_block_self_cache_matches_uncached(rng):
                              normalize_first=True)
     x, encoder = random(rng, 2, 4, 8), random(rng, 2, 6, 8)
     full = np.asarray(block(x, encoder_outputs=encoder))
-    cache = np.zeros((2, 2, 4, 2, 4), "float32")
+    cache = (np.zeros((2, 2, 4, 4), "float32"),) * 2
     outputs = []
     for index in range(4):
         output, cache = block(x[:, index:index + 1], encoder_outputs=encoder, cache=cache, cache_index=index)
@@ -658,9 +663,9 @@ def test_block_cross_attention_cache_matches_encoder_outputs(rng):
     x, encoder = random(rng, 2, 3, 8), random(rng, 2, 5, 8)
     full = np.asarray(block(x, encoder_outputs=encoder))
     attention = block.cross_attention_layer
-    keys = dense_np(attention.key_dense, encoder).reshape(2, 5, 2, 4)
-    values = dense_np(attention.value_dense, encoder).reshape(2, 5, 2, 4)
-    cross_cache = np.stack([keys, values], axis=1).astype("float32")
+    keys = dense_np(attention.key_dense, encoder).reshape(2, 5, 2, 4).transpose(0, 2, 1, 3)
+    values = dense_np(attention.value_dense, encoder).reshape(2, 5, 2, 4).transpose(0, 2, 1, 3)
+    cross_cache = (keys.astype("float32"), values.astype("float32"))  # each (batch, heads, source, head_dim)
     assert_close(block(x, cross_attention_cache=cross_cache), full)
 
 

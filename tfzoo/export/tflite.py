@@ -105,6 +105,17 @@ def detokenize_sentencepiece(piece_texts, tokenizer, tokens, lengths):
     return tf.reshape(joined, [-1])
 
 
+def stack_caches(caches):
+    """The model's `(keys, values)` pair per layer as the one on-device cache tensor
+    `(layers, batch, 2, heads, length, head_dim)`."""
+    return tf.stack([tf.stack(pair, axis=1) for pair in caches])
+
+
+def unstack_caches(cache):
+    """The inverse of `stack_caches`: one `(keys, values)` pair per layer."""
+    return tuple((layer[:, 0], layer[:, 1]) for layer in tf.unstack(cache))
+
+
 class GPTLiteModule(tf.Module):
     """A GPT's TFLite signatures: `logits`, `prefill`, `decode` and (text) `generate`.
 
@@ -135,7 +146,7 @@ class GPTLiteModule(tf.Module):
         self.stop_token_ids = () if end_token_id is None else (int(end_token_id),)
         head_dim = model.hidden_dim // model.num_heads
         cache_spec = tf.TensorSpec(
-            [model.num_layers, None, 2, self.cache_length, model.num_heads, head_dim], model.compute_dtype,
+            [model.num_layers, None, 2, model.num_heads, self.cache_length, head_dim], model.compute_dtype,
             name="cache",
         )
         batch_ints = tf.TensorSpec([None], tf.int32, name="pad_counts")
@@ -162,16 +173,16 @@ class GPTLiteModule(tf.Module):
 
     def _prefill(self, token_ids, pad_counts):
         logits, caches, _ = self.model.prefill(token_ids, pad_counts, self.cache_length)
-        return {"logits": logits, "cache": tf.stack(caches)}  # cache: (layers, batch, 2, length, heads, head_dim)
+        return {"logits": logits, "cache": stack_caches(caches)}
 
     def _key_mask(self, pad_counts):
         return tf.range(self.cache_length)[None, :] >= pad_counts[:, None]  # (batch, cache): not padding
 
     def _decode(self, token_ids, index, cache, pad_counts):
         logits, caches = self.model.decode_step(
-            token_ids, index, tuple(tf.unstack(cache)), self._key_mask(pad_counts), pad_counts
+            token_ids, index, unstack_caches(cache), self._key_mask(pad_counts), pad_counts
         )
-        return {"logits": logits, "cache": tf.stack(caches)}
+        return {"logits": logits, "cache": stack_caches(caches)}
 
     def _generate(self, prompts, max_new_tokens):
         model = self.model

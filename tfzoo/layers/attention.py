@@ -42,9 +42,10 @@ def cache_writes_in_place():
     ... def decode_step(token, cache, index):
     ...     with cache_writes_in_place():  # takes effect while the function is traced
     ...         return layer(token, use_causal_mask=True, cache=cache, cache_index=index)
-    >>> output, cache = decode_step(tf.ones((1, 1, 8)), tf.zeros((1, 2, 4, 2, 4)), tf.constant(0))
-    >>> tuple(cache.shape)
-    (1, 2, 4, 2, 4)
+    >>> empty = (tf.zeros((1, 2, 5, 4)), tf.zeros((1, 2, 5, 4)))  # keys, values
+    >>> output, (keys, values) = decode_step(tf.ones((1, 1, 8)), empty, tf.constant(0))
+    >>> tuple(keys.shape)  # (batch, heads, cache length, head_dim)
+    (1, 2, 5, 4)
     """
     token = _WRITE_CACHE_IN_PLACE.set(True)
     try:
@@ -53,7 +54,7 @@ def cache_writes_in_place():
         _WRITE_CACHE_IN_PLACE.reset(token)
 
 
-def write_to_cache(cache, update, index, axis=1):
+def write_to_cache(cache, update, index, axis=2):
     """Writes `update` into `cache` at `index` along `axis` (the sequence axis).
 
     `update` has `cache`'s shape except along `axis`. A gather and a select rather than
@@ -102,10 +103,13 @@ class MultiHeadAttention(keras.layers.Layer):
             covers the whole cache length.
         attention_mask: `(batch, query_length, key_length)`, true where allowed.
         use_causal_mask: whether each query sees only keys at or before its position.
-        cache: `(batch, 2, cache_length, num_heads, head_dim)` keys and values. With
-            `cache_index`, the new keys/values are written at `cache_index` and the
-            query attends over the whole cache; without it, the cache is used as is
-            (precomputed cross-attention keys and values).
+        cache: a pair `(keys, values)`, each `(batch, num_heads, cache_length,
+            head_dim)`: two tensors, heads before positions, which is the layout the
+            attention products read, so that no decoding step copies or transposes
+            the cache. With `cache_index`, the new keys/values are written at
+            `cache_index` and the query attends over the whole cache; without it,
+            the cache is used as is (precomputed cross-attention keys and values,
+            see `key_value_cache`).
         cache_index: where the first query token sits in the sequence.
         return_attention_scores: also return the probabilities
             `(batch, heads, query, key)`.
@@ -176,6 +180,18 @@ class MultiHeadAttention(keras.layers.Layer):
         shape = ops.shape(x)
         return ops.reshape(x, (shape[0], shape[1], self.num_heads, head_dim))  # (batch, seq, heads, head_dim)
 
+    def key_value_cache(self, value, key=None):
+        """Keys and values of `value` (and `key`) once: `(keys, values)`, each
+        `(batch, heads, length, head_dim)`.
+
+        The cache a decoder passes as `cache` (without `cache_index`) to attend over an
+        encoder's outputs at every step without projecting them again.
+        """
+        key = value if key is None else key
+        keys = ops.transpose(self._split_heads(self.key_dense(key), self.key_dim), (0, 2, 1, 3))
+        values = ops.transpose(self._split_heads(self.value_dense(value), self.value_dim), (0, 2, 1, 3))
+        return keys, values
+
     def call(
         self,
         query,
@@ -197,20 +213,23 @@ class MultiHeadAttention(keras.layers.Layer):
         queries = self._split_heads(self.query_dense(query), self.key_dim)  # (batch, query, heads, key_dim)
         if cache is not None and cache_index is None:
             # Precomputed keys and values (cross-attention during decoding).
-            keys, values = cache[:, 0], cache[:, 1]
+            keys, values = cache  # (batch, heads, key, key_dim)
         else:
             keys = self._split_heads(self.key_dense(key), self.key_dim)  # (batch, key, heads, key_dim)
             values = self._split_heads(self.value_dense(value), self.value_dim)
             if self.use_rotary_embedding:
                 queries = self.rotary(queries, start_index=query_start)
                 keys = self.rotary(keys, start_index=query_start if self_attention else 0)
+            keys = ops.transpose(keys, (0, 2, 1, 3))  # (batch, heads, key, key_dim)
+            values = ops.transpose(values, (0, 2, 1, 3))
             if cache is not None:
-                # One write of the new keys and values into the (batch, 2, cache, heads, dim)
-                # cache: XLA then updates it in place (see cache_writes_in_place).
-                cache = write_to_cache(cache, ops.stack([keys, values], axis=1), cache_index, axis=2)
-                keys, values = cache[:, 0], cache[:, 1]  # (batch, cache, heads, key_dim)
+                # Under XLA both writes happen in place (see cache_writes_in_place).
+                keys = write_to_cache(cache[0], keys, cache_index, axis=2)  # (batch, heads, cache, key_dim)
+                values = write_to_cache(cache[1], values, cache_index, axis=2)
+                cache = (keys, values)
+        queries = ops.transpose(queries, (0, 2, 1, 3))  # (batch, heads, query, key_dim)
 
-        query_length, key_length = ops.shape(queries)[1], ops.shape(keys)[1]
+        query_length, key_length = ops.shape(queries)[2], ops.shape(keys)[2]
         mask = None
         if use_causal_mask:
             mask = ops.expand_dims(causal_mask(query_length, key_length, query_start), 0)  # (1, query, key)
@@ -222,7 +241,7 @@ class MultiHeadAttention(keras.layers.Layer):
             mask = explicit if mask is None else ops.logical_and(mask, explicit)
 
         scale = 1.0 / np.sqrt(self.key_dim)
-        scores = ops.einsum("bqhd,bkhd->bhqk", queries * ops.cast(scale, queries.dtype), keys)
+        scores = ops.einsum("bhqd,bhkd->bhqk", queries * ops.cast(scale, queries.dtype), keys)
         scores = ops.cast(scores, "float32")  # softmax in float32, also under mixed precision
         if mask is not None:
             # expand_dims here and above, not `mask[:, None]`: TFLite has no builtin for a
@@ -230,7 +249,8 @@ class MultiHeadAttention(keras.layers.Layer):
             scores = ops.where(ops.expand_dims(mask, 1), scores, -1e9)
         probabilities = ops.softmax(scores, axis=-1)  # (batch, heads, query, key)
         dropped = self.dropout_layer(ops.cast(probabilities, values.dtype), training=training)
-        context = ops.einsum("bhqk,bkhd->bqhd", dropped, values)  # (batch, query, heads, value_dim)
+        context = ops.einsum("bhqk,bhkd->bhqd", dropped, values)  # (batch, heads, query, value_dim)
+        context = ops.transpose(context, (0, 2, 1, 3))  # (batch, query, heads, value_dim)
         shape = ops.shape(context)
         context = ops.reshape(context, (shape[0], shape[1], self.num_heads * self.value_dim))
         output = self.output_dense(context)

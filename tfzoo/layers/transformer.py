@@ -48,7 +48,7 @@ class TransformerBlock(keras.layers.Layer):
             the whole cache length.
         encoder_outputs: `(batch, source, hidden_dim)`, for cross-attention.
         encoder_padding_mask: `(batch, source)`.
-        cache: self-attention cache `(batch, 2, cache_length, heads, head_dim)`.
+        cache: self-attention cache, a pair `(keys, values)` each `(batch, heads, cache_length, head_dim)`.
         cache_index: where `inputs` start within the cache.
         cross_attention_cache: precomputed cross-attention keys and values.
 

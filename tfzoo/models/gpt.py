@@ -198,10 +198,11 @@ class GPT(keras.Model):
 
     # ------------------------------------------------------------------ generation
     def empty_cache(self, batch_size, length):
-        """Zeroed key/value caches, one `(batch, 2, length, heads, head_dim)` per block."""
+        """Zeroed key/value caches: one `(keys, values)` pair per block, each
+        `(batch, heads, length, head_dim)`."""
         head_dim = self.hidden_dim // self.num_heads
         return tuple(
-            tf.zeros([batch_size, 2, length, self.num_heads, head_dim], dtype=self.compute_dtype)
+            tuple(tf.zeros([batch_size, self.num_heads, length, head_dim], dtype=self.compute_dtype) for _ in range(2))
             for _ in self.blocks
         )
 

@@ -437,25 +437,20 @@ class Seq2SeqTransformer(keras.Model):
 
     # ------------------------------------------------------------------ decoding pieces
     def empty_cache(self, batch_size, length):
-        """Zeroed decoder self-attention caches, one `(batch, 2, length, heads, head_dim)` per block."""
+        """Zeroed decoder self-attention caches: one `(keys, values)` pair per block, each
+        `(batch, heads, length, head_dim)`."""
         head_dim = self.hidden_dim // self.num_heads
         return tuple(
-            tf.zeros([batch_size, 2, length, self.num_heads, head_dim], dtype=self.compute_dtype)
+            tuple(tf.zeros([batch_size, self.num_heads, length, head_dim], dtype=self.compute_dtype) for _ in range(2))
             for _ in self.decoder_blocks
         )
 
     def cross_attention_caches(self, encoder_outputs):
         """Each decoder block's cross-attention keys and values, computed once per source.
 
-        Returns one `(batch, 2, source, heads, head_dim)` tensor per decoder block.
+        Returns one `(keys, values)` pair per decoder block, each `(batch, heads, source, head_dim)`.
         """
-        caches = []
-        for block in self.decoder_blocks:
-            attention = block.cross_attention_layer
-            keys = attention._split_heads(attention.key_dense(encoder_outputs), attention.key_dim)
-            values = attention._split_heads(attention.value_dense(encoder_outputs), attention.value_dim)
-            caches.append(ops.stack([keys, values], axis=1))
-        return tuple(caches)
+        return tuple(block.cross_attention_layer.key_value_cache(encoder_outputs) for block in self.decoder_blocks)
 
     def cached_step(self, encoder_padding_mask, cross_attention_caches):
         """`step(token_ids (batch,), index, caches) -> (logits, caches)` that reuses the caches."""
