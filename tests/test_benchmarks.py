@@ -27,7 +27,10 @@ def test_bench_bert_quick_mode_writes_ratios_and_targets(tmp_path):
     assert all(system["median"] > 0 for system in xla["systems"].values())
     ratio = xla["systems"]["tfzoo"]["median"] / xla["systems"]["keras_hub"]["median"]
     assert abs(xla["ratios"]["keras_hub"] - ratio) < 1e-9
-    assert [target["measure"] for target in report["targets"]] == ["function_xla_sequences_per_second"]
+    assert [target["measure"] for target in report["targets"]] == [
+        "function_xla_sequences_per_second", "encode_xla_sequences_per_second"]
     assert report["targets"][0]["met"] == (ratio >= 1.2)
+    encode = rows["encode_xla_sequences_per_second"]
+    assert set(encode["systems"]) == {"tfzoo", "keras_hub"} and encode["systems"]["tfzoo"]["median"] > 0
     # The peak-memory children ran (their own processes) and reported a high-water mark.
     assert all(report["peak_memory"][system]["peak_bytes"] > 0 for system in ("tfzoo", "keras_hub"))

@@ -446,3 +446,28 @@ def test_raw_text_errors():
         classifier.predict_text([])
     with pytest.raises(ValueError, match="wrap a single text in a list"):
         classifier.predict_text("the cat sat")
+
+
+# ---------------------------------------------------------------- padding-free inference
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_encode_skips_padding_and_equals_the_forward_pass_at_real_tokens(jit_compile):
+    encoder = small_encoder(sequence_length=16)
+    texts = ["the cat sat on the mat", ("we see a dog", "he ran in the park"), "we eat", "a big red house"]
+    features = packed_batch(texts, length=16)
+    mask = features["padding_mask"]
+    # Padding holds arbitrary ids: only the mask may hide them.
+    features["token_ids"] = np.where(mask, features["token_ids"],
+                                     np.random.default_rng(0).integers(5, len(VOCABULARY), mask.shape))
+    full = numpy_outputs(encoder(features))
+    for bucket in (1, 8, 128):  # no filler rows; some; the whole grid
+        packed = numpy_outputs(encoder.encode(features, jit_compile=jit_compile, bucket=bucket))
+        np.testing.assert_allclose(packed["sequence_output"][mask], full["sequence_output"][mask], atol=1e-5)
+        assert np.all(packed["sequence_output"][~mask] == 0)
+        np.testing.assert_allclose(packed["pooled_output"], full["pooled_output"], atol=1e-5)
+    # A batch without padding is the forward pass everywhere.
+    no_padding = {key: value[:, :4] for key, value in features.items()}
+    assert no_padding["padding_mask"].all()
+    np.testing.assert_allclose(numpy_outputs(encoder.encode(no_padding))["sequence_output"],
+                               numpy_outputs(encoder(no_padding))["sequence_output"], atol=1e-5)
+    with pytest.raises(ValueError, match="bucket"):
+        encoder.encode(features, bucket=0)

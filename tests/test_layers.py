@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfzoo.layers import MultiHeadAttention, PositionalEncoding, TransformerBlock, cache_writes_in_place, causal_mask
+from tfzoo.layers import (
+    MultiHeadAttention,
+    PositionalEncoding,
+    TransformerBlock,
+    cache_writes_in_place,
+    causal_mask,
+    pack_tokens,
+    unpack_tokens,
+)
 
 ATOL = 1e-5
 RTOL = 1e-5
@@ -819,3 +827,45 @@ def test_block_dropout_only_in_training(rng):
     inference = block(x, training=False)
     assert_close(inference, block_np(block, x))
     assert not np.allclose(block(x, training=True), inference, atol=1e-3)
+
+
+# ------------------------------------------------------------- packed tokens
+def packed_case(rng):
+    x = random(rng, 3, 6, 8)
+    padding = np.ones((3, 6), bool)
+    padding[0, 4:] = padding[2, 1:] = False
+    positions = np.flatnonzero(padding.reshape(-1)).astype("int32")
+    return x, padding, positions
+
+
+def test_pack_and_unpack_tokens_are_inverse_on_real_positions(rng):
+    x, padding, positions = packed_case(rng)
+    packed = pack_tokens(x, positions)
+    assert packed.shape == (padding.sum(), 8)
+    assert_close(packed, x.reshape(-1, 8)[positions])
+    grid = np.asarray(unpack_tokens(packed, positions, padding.shape))
+    assert_close(grid[padding], x[padding])
+    assert np.all(grid[~padding] == 0)
+
+
+def test_mha_on_packed_tokens_equals_the_grid_at_real_tokens(rng):
+    layer = make_mha(output_dim=None)
+    x, padding, positions = packed_case(rng)
+    expected = np.asarray(layer(x, key_padding_mask=padding))[padding]
+    assert_close(layer(pack_tokens(x, positions), key_padding_mask=padding, packed_positions=positions), expected)
+    with pytest.raises(ValueError, match="packed_positions"):
+        layer(pack_tokens(x, positions), packed_positions=positions)  # no grid to unpack into
+
+
+@pytest.mark.parametrize("normalize_first", [False, True], ids=["post_norm", "pre_norm"])
+def test_block_on_packed_tokens_equals_the_grid_at_real_tokens(rng, normalize_first):
+    block = TransformerBlock(num_heads=2, intermediate_dim=12, normalize_first=normalize_first)
+    x, padding, positions = packed_case(rng)
+    block(x, padding_mask=padding)  # builds
+    randomize_norms(block, rng)
+    expected = np.asarray(block(x, padding_mask=padding))[padding]
+    assert_close(block(pack_tokens(x, positions), padding_mask=padding, packed_positions=positions), expected)
+    decoder = TransformerBlock(num_heads=2, intermediate_dim=12, causal=True, cross_attention=True)
+    decoder(x, encoder_outputs=x)
+    with pytest.raises(ValueError, match="packed_positions"):
+        decoder(pack_tokens(x, positions), padding_mask=padding, encoder_outputs=x, packed_positions=positions)

@@ -1,6 +1,12 @@
 """tfzoo's building blocks: attention, positions, and the Transformer block."""
 
-from tfzoo.layers.attention import MultiHeadAttention, cache_writes_in_place, causal_mask
+from tfzoo.layers.attention import (
+    MultiHeadAttention,
+    cache_writes_in_place,
+    causal_mask,
+    pack_tokens,
+    unpack_tokens,
+)
 from tfzoo.layers.positional import PositionalEncoding, sinusoidal_encoding
 from tfzoo.layers.transformer import TransformerBlock
 
@@ -10,5 +16,7 @@ __all__ = [
     "PositionalEncoding",
     "TransformerBlock",
     "causal_mask",
+    "pack_tokens",
+    "unpack_tokens",
     "sinusoidal_encoding",
 ]

@@ -74,6 +74,25 @@ def write_to_cache(cache, update, index, axis=2):
     return ops.where(inside, ops.cast(gathered, cache.dtype), cache)
 
 
+def pack_tokens(grid, positions):
+    """The rows of `grid` `(batch, sequence, width)` at flat `positions` `(tokens,)`.
+
+    `positions` index `batch * sequence`; packing only a batch's real tokens lets the
+    token-wise layers (projections, feed-forward, norms) skip its padding.
+    """
+    shape = ops.shape(grid)
+    return ops.take(ops.reshape(grid, (shape[0] * shape[1], shape[2])), positions, axis=0)  # (tokens, width)
+
+
+def unpack_tokens(tokens, positions, grid_shape):
+    """The inverse of `pack_tokens`: `(tokens, width)` rows back into a `(batch, sequence,
+    width)` grid of zeros. Positions listed twice add up (filler rows point at padding)."""
+    batch, length = grid_shape
+    width = tokens.shape[-1]
+    grid = ops.scatter(ops.expand_dims(positions, 1), tokens, (batch * length, width))
+    return ops.reshape(grid, (batch, length, width))
+
+
 @keras.saving.register_keras_serializable(package="tfzoo")
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head attention: `softmax(Q K^T / sqrt(d_k)) V` over several heads.
@@ -111,6 +130,11 @@ class MultiHeadAttention(keras.layers.Layer):
             the cache is used as is (precomputed cross-attention keys and values,
             see `key_value_cache`).
         cache_index: where the first query token sits in the sequence.
+        packed_positions: for self-attention over packed tokens: `query` is then
+            `(tokens, dim)`, the rows of a `(batch, sequence)` grid at these flat
+            positions (see `pack_tokens`), the grid's shape is `key_padding_mask`'s,
+            and so is the output. The projections run on the tokens only; the
+            attention products on the grid.
         return_attention_scores: also return the probabilities
             `(batch, heads, query, key)`.
 
@@ -203,20 +227,35 @@ class MultiHeadAttention(keras.layers.Layer):
         cache=None,
         cache_index=None,
         return_attention_scores=False,
+        packed_positions=None,
         training=None,
     ):
         self_attention = value is None
         value = query if value is None else value
         key = value if key is None else key
         query_start = 0 if cache_index is None else cache_index
+        grid_shape = None
+        if packed_positions is not None:
+            if not self_attention or cache is not None or key_padding_mask is None:
+                raise ValueError(
+                    "`packed_positions` is for self-attention without a cache, with a `key_padding_mask` "
+                    "whose shape is the (batch, sequence) grid of the packed tokens."
+                )
+            grid_shape = ops.shape(key_padding_mask)
 
-        queries = self._split_heads(self.query_dense(query), self.key_dim)  # (batch, query, heads, key_dim)
+        def heads(dense, x, head_dim):  # (batch, sequence, heads, head_dim)
+            projected = dense(x)
+            if grid_shape is not None:
+                projected = unpack_tokens(projected, packed_positions, grid_shape)
+            return self._split_heads(projected, head_dim)
+
+        queries = heads(self.query_dense, query, self.key_dim)  # (batch, query, heads, key_dim)
         if cache is not None and cache_index is None:
             # Precomputed keys and values (cross-attention during decoding).
             keys, values = cache  # (batch, heads, key, key_dim)
         else:
-            keys = self._split_heads(self.key_dense(key), self.key_dim)  # (batch, key, heads, key_dim)
-            values = self._split_heads(self.value_dense(value), self.value_dim)
+            keys = heads(self.key_dense, key, self.key_dim)  # (batch, key, heads, key_dim)
+            values = heads(self.value_dense, value, self.value_dim)
             if self.use_rotary_embedding:
                 queries = self.rotary(queries, start_index=query_start)
                 keys = self.rotary(keys, start_index=query_start if self_attention else 0)
@@ -253,6 +292,8 @@ class MultiHeadAttention(keras.layers.Layer):
         context = ops.transpose(context, (0, 2, 1, 3))  # (batch, query, heads, value_dim)
         shape = ops.shape(context)
         context = ops.reshape(context, (shape[0], shape[1], self.num_heads * self.value_dim))
+        if grid_shape is not None:
+            context = pack_tokens(context, packed_positions)  # (tokens, heads * value_dim)
         output = self.output_dense(context)
 
         results = (output,)

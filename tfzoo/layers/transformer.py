@@ -51,6 +51,10 @@ class TransformerBlock(keras.layers.Layer):
         cache: self-attention cache, a pair `(keys, values)` each `(batch, heads, cache_length, head_dim)`.
         cache_index: where `inputs` start within the cache.
         cross_attention_cache: precomputed cross-attention keys and values.
+        packed_positions: `inputs` are packed tokens `(tokens, hidden_dim)` at these flat
+            positions of `padding_mask`'s `(batch, sequence)` grid (see
+            `tfzoo.layers.pack_tokens`): everything but the attention products runs on
+            the tokens only. Self-attention blocks without a cache.
 
     Returns:
         The block output; with `cache`, a tuple `(output, updated_cache)`.
@@ -156,6 +160,7 @@ class TransformerBlock(keras.layers.Layer):
         cache=None,
         cache_index=None,
         cross_attention_cache=None,
+        packed_positions=None,
         training=None,
     ):
         def self_attention(x):
@@ -165,10 +170,13 @@ class TransformerBlock(keras.layers.Layer):
                 use_causal_mask=self.causal,
                 cache=cache,
                 cache_index=cache_index,
+                packed_positions=packed_positions,
                 training=training,
             )
             return result if cache is not None else (result,)
 
+        if packed_positions is not None and (self.cross_attention or cache is not None):
+            raise ValueError("`packed_positions` is for self-attention blocks without a cache.")
         x, *new_cache = self._residual(inputs, self.self_attention_norm, self_attention, training)
 
         if self.cross_attention:

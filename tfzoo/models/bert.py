@@ -12,9 +12,12 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tfzoo.generation.decoding import round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock
+from tfzoo.layers.attention import pack_tokens, unpack_tokens
 from tfzoo.layers.transformer import get_activation
 from tfzoo.models.presets import BERT_PRESETS, preset_arguments
+from tfzoo.tracking import Untracked
 from tfzoo.validation import dropout_rate, positive_int
 
 
@@ -138,6 +141,8 @@ class BertEncoder(keras.Model):
         self.pooler = keras.layers.Dense(
             hidden_dim, activation="tanh", kernel_initializer=initializer, name="pooler"
         )
+        # Compiled padding-free forward passes, by jit_compile: not model state to save.
+        self._untracked = Untracked(packed_forward={})
 
     def _check_preprocessor(self, preprocessor):
         tokenizer = preprocessor.tokenizer
@@ -172,14 +177,70 @@ class BertEncoder(keras.Model):
         self.pooler.build((None, self.hidden_dim))
         self.built = True
 
+    def _embeddings(self, token_ids, segment_ids):
+        x = self.token_embedding(token_ids) + self.segment_embedding(segment_ids)  # (batch, sequence, hidden)
+        return self.position_encoding(x)
+
     def call(self, inputs, training=None):
         token_ids, segment_ids, padding_mask = _features(inputs)
-        x = self.token_embedding(token_ids) + self.segment_embedding(segment_ids)  # (batch, sequence, hidden)
-        x = self.position_encoding(x)
-        x = self.embedding_dropout(self.embedding_norm(x), training=training)
+        x = self.embedding_dropout(self.embedding_norm(self._embeddings(token_ids, segment_ids)), training=training)
         for block in self.blocks:
             x = block(x, padding_mask=padding_mask, training=training)
         return {"sequence_output": x, "pooled_output": self.pooler(x[:, 0, :])}
+
+    def encode(self, inputs, jit_compile=True, bucket=128):
+        """The encoder's outputs for inference, computed on the real tokens only.
+
+        `call` computes every position of the `(batch, sequence)` grid, padding
+        included. Here the real tokens are packed into one `(tokens, hidden_dim)` matrix
+        first, so the projections, feed-forward networks and norms (most of the work)
+        skip the padding; only the attention products run on the grid. The token count
+        is rounded up to a multiple of `bucket` (filler rows repeat a padding position),
+        so that batches of similar fill share one compiled function.
+
+        Args:
+            inputs: as for `call` (NumPy arrays or eager tensors: the packing is
+                planned in Python, outside the compiled function).
+            jit_compile: compile the forward pass with XLA.
+            bucket: the token counts that get their own compiled function.
+
+        Returns:
+            `call`'s dict, with `sequence_output` zero at padding positions (where
+            `call` returns values that no real token depends on).
+
+        Example:
+        >>> encoder = BertEncoder.from_preset("bert_test")
+        >>> features = {"token_ids": np.ones((2, 6), "int32"),
+        ...             "padding_mask": np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)}
+        >>> packed, full = encoder.encode(features), encoder(features)
+        >>> bool(np.allclose(packed["sequence_output"][0, :4], full["sequence_output"][0, :4], atol=1e-5))
+        True
+        """
+        token_ids, segment_ids, padding_mask = (np.asarray(part) for part in _features(inputs))
+        if not self.built:
+            self.build()
+        real = padding_mask.astype(bool).reshape(-1)
+        positions = np.flatnonzero(real)
+        size = min(round_up(max(len(positions), 1), positive_int("bucket", bucket)), real.size)
+        filler = np.flatnonzero(~real)[:1]  # not empty whenever size > len(positions)
+        positions = np.concatenate([positions, np.repeat(filler, size - len(positions))]).astype("int32")
+        if bool(jit_compile) not in self._untracked.packed_forward:
+            self._untracked.packed_forward[bool(jit_compile)] = tf.function(
+                self._packed_forward, jit_compile=bool(jit_compile), reduce_retracing=True
+            )
+        return self._untracked.packed_forward[bool(jit_compile)](
+            tf.constant(token_ids, tf.int32), tf.constant(segment_ids, tf.int32),
+            tf.constant(padding_mask.astype(bool)), tf.constant(positions),
+        )
+
+    def _packed_forward(self, token_ids, segment_ids, padding_mask, positions):
+        x = pack_tokens(self._embeddings(token_ids, segment_ids), positions)  # (tokens, hidden)
+        x = self.embedding_norm(x)
+        for block in self.blocks:
+            x = block(x, padding_mask=padding_mask, packed_positions=positions)
+        sequence = unpack_tokens(x, positions, ops.shape(padding_mask))
+        sequence = sequence * ops.cast(padding_mask, sequence.dtype)[:, :, None]  # zero where filler rows landed
+        return {"sequence_output": sequence, "pooled_output": self.pooler(sequence[:, 0, :])}
 
     def embed(self, texts, batch_size=32, normalize=True):
         """Sentence embeddings: the mean of the token outputs over real tokens, L2-normalized.
@@ -200,17 +261,15 @@ class BertEncoder(keras.Model):
         batches = []
         for start in range(0, len(texts), batch_size):
             features = self.preprocessor(tf.constant(texts[start : start + batch_size]))
-            batches.append(self.embed_features(features, normalize).numpy())
+            # encode skips the padding, most of a batch of short sentences.
+            sequence = self.encode(features)["sequence_output"]
+            batches.append(_mean_pool(sequence, features["padding_mask"], normalize).numpy())
         return np.concatenate(batches)
 
     def embed_features(self, features, normalize=True):
         """`embed` on already-packed features (graph-friendly; used by exports)."""
         sequence = self(features, training=False)["sequence_output"]
-        mask = ops.cast(features["padding_mask"], sequence.dtype)[:, :, None]
-        pooled = ops.sum(sequence * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
-        if normalize:
-            pooled = pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)
-        return pooled
+        return _mean_pool(sequence, features["padding_mask"], normalize)
 
     def get_config(self):
         config = super().get_config()
@@ -234,6 +293,15 @@ class BertEncoder(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**_deserialize(config, "preprocessor"))
+
+
+def _mean_pool(sequence, padding_mask, normalize):
+    """The mean of `sequence` `(batch, length, width)` over real tokens, L2-normalized or not."""
+    mask = ops.cast(padding_mask, sequence.dtype)[:, :, None]
+    pooled = ops.sum(sequence * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
+    if normalize:
+        pooled = pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)
+    return pooled
 
 
 def _weighted_cross_entropy():
