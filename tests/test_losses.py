@@ -158,6 +158,20 @@ for length in range(64, 104):
     logits = tf.random.normal((8, length, 4096))
     labels = tf.random.uniform((8, length), 0, 4096, tf.int32)
     parallel(labels, logits).numpy()
+
+# The same with a matmul, which tfzoo leaves to YNNPACK.
+weights, bias = tf.random.normal((256, 1024)), tf.random.normal((1024,))
+
+@tf.function(jit_compile=True)
+def feed_forward(x):
+    return tf.nn.gelu(tf.matmul(x, weights) + bias, approximate=True)
+
+@tf.function
+def parallel_feed_forward(x):
+    return tf.add_n([tf.reduce_sum(feed_forward(x * (1.0 + i))) for i in range(8)])
+
+for rows in range(8, 48):
+    parallel_feed_forward(tf.random.normal((rows, 256))).numpy()
 print("all shapes ran")
 """
 
@@ -177,10 +191,10 @@ def test_tfzoo_limits_ynn_fusions_but_keeps_a_users_own_setting(monkeypatch):
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/somewhere")
     tfzoo._limit_ynn_fusions_to_dots()
-    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/somewhere --xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/somewhere " + tfzoo.YNN_FUSION_FLAG
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
     tfzoo._limit_ynn_fusions_to_dots()
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
     monkeypatch.delenv("XLA_FLAGS")
     tfzoo._limit_ynn_fusions_to_dots()
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    assert os.environ["XLA_FLAGS"] == tfzoo.YNN_FUSION_FLAG

@@ -16,6 +16,9 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+
+
 def _limit_ynn_fusions_to_dots():
     """Keeps XLA:CPU's YNNPACK fusions to single matmuls, unless the user set them.
 
@@ -23,13 +26,15 @@ def _limit_ynn_fusions_to_dots():
     fusion is not thread-safe: two concurrent first runs of one compiled function (the
     XLA-compiled loss and perplexity of one Keras step, say) can crash the process with
     a segmentation fault (seen in a resumed training run; tests/test_losses.py
-    reproduces it). Matmul fusions use another builder and stay: greedy decoding is
-    no slower with only them (benchmarks/RESULTS.md). XLA reads the flag at its first
-    compilation, so this works even after TensorFlow was imported.
+    reproduces it). Single matmuls use another builder and stay (they make greedy
+    decoding at batch 8 faster). Matmul + bias fusions (`dot`) were measured too: no
+    clear gain on this 2-core machine (-10% to +7% by batch size, within its noise), so
+    left out. XLA reads the flag at its first compilation, so this works even after
+    TensorFlow was imported.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_cpu_experimental_ynn_fusion_type" not in flags:
-        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_experimental_ynn_fusion_type=individual_dot").strip()
+        os.environ["XLA_FLAGS"] = (flags + " " + YNN_FUSION_FLAG).strip()
 
 
 _limit_ynn_fusions_to_dots()
