@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import write_tiny_bert_checkpoint, write_tiny_gpt2_checkpoint
+from tests.helpers import run_cli, write_tiny_bert_checkpoint, write_tiny_gpt2_checkpoint
 from tfzoo.convert import load_bert_checkpoint, load_gpt2_checkpoint
 
 try:
@@ -467,3 +467,28 @@ def test_loaded_encoder_has_no_dropout_by_default_and_is_deterministic(tiny_bert
     second = encoder({"token_ids": token_ids}, training=True)["sequence_output"]
     np.testing.assert_array_equal(first, second)
     assert keras.ops.convert_to_numpy(first).shape == (1, 5, 32)
+
+
+# ---------------------------------------------------------------- tfzoo embed
+@pytest.mark.slow
+def test_embed_command_prints_and_saves_the_encoders_embeddings(tiny_bert_folder, tmp_path):
+    texts = ["the quick brown fox", "a lazy dog sleeps", "the quick brown fox"]
+    expected = load_bert_checkpoint(tiny_bert_folder, sequence_length=16).embed(texts)
+    output = str(tmp_path / "embeddings.npy")
+    result = run_cli("embed", "--model", tiny_bert_folder, "--sequence-length", "16", "--format", "jsonl",
+                     "--output", output, *texts)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["text"] for row in rows] == texts
+    np.testing.assert_allclose([row["embedding"] for row in rows], expected, atol=1e-5)
+    np.testing.assert_allclose(np.load(output), expected, atol=1e-6)
+    # The default output: a cosine table, 1 on the diagonal and between the equal texts.
+    table = run_cli("embed", "--model", tiny_bert_folder, "--sequence-length", "16", *texts)
+    assert table.returncode == 0, table.stderr[-2000:]
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("3 embeddings of size 32")
+    cosines = [[float(value) for value in line.split("]")[1].split()[:3]] for line in lines[1:4]]
+    np.testing.assert_allclose(cosines, expected @ expected.T, atol=1e-3)
+    assert cosines[0][2] == pytest.approx(1.0, abs=1e-3) and cosines[0][1] < 0.999
+    missing = run_cli("embed", "--model", str(tmp_path / "nowhere"), "a text")
+    assert missing.returncode == 2 and "nowhere" in missing.stderr

@@ -92,8 +92,8 @@ def build_parser():
                        help="a cosine-similarity table (default) or one JSON line per text")
     embed.add_argument("--output", help="also save the embeddings as a .npy file")
 
-    export = commands.add_parser("export", help="export a trained model (GPT, BERT classifier or encoder) "
-                                                "as a SavedModel")
+    export = commands.add_parser("export", help="export a trained model (GPT, BERT classifier or encoder, "
+                                                "seq2seq translator) as a SavedModel")
     export.add_argument("--model", help="a .keras file or a run folder")
     export.add_argument("--labels", help="a classifier's label names, comma-separated, in label-id order")
     export.add_argument("--check", metavar="EXPORT",
