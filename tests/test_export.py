@@ -121,6 +121,24 @@ def test_op_audit_passes_the_gpt_export_and_flags_foreign_and_xla_ops(exported, 
     assert not report["ok"]
     assert report["unknown"] == ["FancySoftmaxV9"]
     assert report["xla"] == ["XlaDynamicUpdateSlice"]
+    assert report["xla_functions"] == []
+
+
+def test_op_audit_flags_a_signature_compiled_with_xla(tmp_path):
+    # jit_compile=True leaves no Xla* op in the SavedModel, only a function attribute.
+    import tensorflow as tf
+
+    from tfzoo.export import audit_saved_model
+
+    for name, jit_compile in (("compiled", True), ("plain", False)):
+        module = tf.Module()
+        module.softmax = tf.function(lambda x: {"y": tf.nn.softmax(x)}, jit_compile=jit_compile,
+                                     input_signature=[tf.TensorSpec([None], tf.float32)])
+        tf.saved_model.save(module, str(tmp_path / name), signatures={"serving_default": module.softmax})
+    plain, compiled = audit_saved_model(str(tmp_path / "plain")), audit_saved_model(str(tmp_path / "compiled"))
+    assert plain["ok"] and plain["xla_functions"] == [] and plain["xla"] == []
+    assert not compiled["ok"] and compiled["xla"] == []
+    assert compiled["xla_functions"], compiled
 
 
 def test_export_check_command_exit_codes(exported):

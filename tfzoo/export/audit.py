@@ -10,6 +10,9 @@ A TFLite model is audited from its flatbuffer: every builtin op is fine, and so 
 custom op that tensorflow-text ships a TFLite kernel for; a Flex op (TensorFlow ops
 run through the Flex delegate, which no runtime here has) or any other custom op is
 flagged.
+
+A function traced with `jit_compile=True` is flagged as well: it carries the
+`_XlaMustCompile` attribute, not an `Xla*` op, and fails in a server without XLA.
 """
 
 import json
@@ -28,8 +31,7 @@ print(json.dumps({"core": core, "text": text}))
 """
 
 
-def saved_model_ops(path):
-    """The set of op types a SavedModel's graph and functions use."""
+def _read_saved_model(path):
     from tensorflow.core.protobuf import saved_model_pb2
 
     pb_path = os.path.join(path, "saved_model.pb")
@@ -38,6 +40,22 @@ def saved_model_ops(path):
     saved_model = saved_model_pb2.SavedModel()
     with open(pb_path, "rb") as file:
         saved_model.ParseFromString(file.read())
+    return saved_model
+
+
+def xla_compiled_functions(path):
+    """The names of a SavedModel's functions that must be compiled with XLA (`jit_compile=True`)."""
+    return sorted(
+        function.signature.name
+        for meta_graph in _read_saved_model(path).meta_graphs
+        for function in meta_graph.graph_def.library.function
+        if "_XlaMustCompile" in function.attr and function.attr["_XlaMustCompile"].b
+    )
+
+
+def saved_model_ops(path):
+    """The set of op types a SavedModel's graph and functions use."""
+    saved_model = _read_saved_model(path)
     ops, function_names = set(), set()
     for meta_graph in saved_model.meta_graphs:
         ops |= {node.op for node in meta_graph.graph_def.node}
@@ -50,8 +68,9 @@ def saved_model_ops(path):
 def audit_saved_model(path):
     """Sorts the ops of a SavedModel into tensorflow core, tensorflow-text and unknown.
 
-    Returns a dict with `core`, `text`, `unknown` and `xla` (sorted lists) and `ok`:
-    true when every op is core or tensorflow-text and none needs XLA.
+    Returns a dict with `core`, `text`, `unknown`, `xla` (ops) and `xla_functions`
+    (functions compiled with XLA), sorted lists, and `ok`: true when every op is core or
+    tensorflow-text and nothing needs XLA.
     """
     ops = sorted(saved_model_ops(path))
     result = subprocess.run(
@@ -67,8 +86,9 @@ def audit_saved_model(path):
         "text": sorted(classes["text"]),
         "unknown": sorted(op for op in ops if op not in known),
         "xla": sorted(op for op in ops if op.startswith("Xla")),
+        "xla_functions": xla_compiled_functions(path),
     }
-    report["ok"] = not report["unknown"] and not report["xla"]
+    report["ok"] = not report["unknown"] and not report["xla"] and not report["xla_functions"]
     return report
 
 
@@ -85,7 +105,8 @@ def format_report(path, report):
         f"{path}: {len(report['core'])} TensorFlow core ops, {len(report['text'])} tensorflow-text ops",
         report["text"],
         [("NOT in TensorFlow core or tensorflow-text", report["unknown"]),
-         ("need XLA (TF Serving disables it by default)", report["xla"])],
+         ("need XLA (TF Serving disables it by default)", report["xla"]),
+         ("functions compiled with XLA (jit_compile=True)", report["xla_functions"])],
         "  OK for TF Serving" if report["ok"] else "  NOT servable by a stock TF Serving",
     )
 
