@@ -218,12 +218,21 @@ def test_models_config_lists_every_exported_model(exported, tmp_path):
     _, root, _ = exported
     with open(os.path.join(root, "models.config"), encoding="utf-8") as file:
         text = file.read()
-    assert text.startswith("model_config_list {")
+    assert text.startswith(f"# base_path: {os.path.abspath(root)}\nmodel_config_list {{")
     assert f'name: "gpt"\n    base_path: "{os.path.abspath(root)}/gpt"\n    model_platform: "tensorflow"' in text
     os.makedirs(os.path.join(root, "empty_model"))  # no version inside: not servable, not listed
     os.makedirs(os.path.join(root, "other", "3"))
     text = open(write_models_config(root, base_path="/models/")).read()
+    assert text.startswith("# base_path: /models\nmodel_config_list {")  # a text-format comment
     assert 'base_path: "/models/gpt"' in text and 'base_path: "/models/other"' in text
     assert "empty_model" not in text and text.count("config {") == 2
+    assert open(write_models_config(root)).read() == text  # the next export keeps /models
     shutil.rmtree(os.path.join(root, "other"))
     os.rmdir(os.path.join(root, "empty_model"))
+    # The command line sets it (alone here, or with an export).
+    from tests.helpers import run_cli
+
+    result = run_cli("export", "--export-root", root, "--serving-base-path", "/srv/models")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'base_path: "/srv/models/gpt"' in open(os.path.join(root, "models.config")).read()
+    write_models_config(root, base_path=os.path.abspath(root))  # as the other tests expect it

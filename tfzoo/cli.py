@@ -108,6 +108,9 @@ def build_parser():
                              "the SavedModel")
     export.add_argument("--quantize", choices=("none", "int8"), default="none",
                         help="with --format tflite, int8 also writes model_int8.tflite (dynamic-range int8)")
+    export.add_argument("--serving-base-path", metavar="PATH",
+                        help="where TF Serving sees the export root (e.g. /models in its container): written "
+                             "into models.config and kept by later exports; alone, it only rewrites models.config")
 
     translate = commands.add_parser("translate", help="translate sentences with a trained seq2seq model")
     translate.add_argument("sentences", nargs="+", help="one or more source sentences")
@@ -340,6 +343,13 @@ def command_export(args):
         text, ok = check_export(args.check)
         print(text)
         return 0 if ok else 1
+    from tfzoo.export import write_models_config
+
+    if not args.model and args.serving_base_path:
+        if not os.path.isdir(args.export_root):
+            raise ValueError(f"No export root at {args.export_root!r}.")
+        print(f"wrote {write_models_config(args.export_root, args.serving_base_path)}")
+        return 0
     if not args.model:
         raise ValueError("Give --model to export, or --check SAVEDMODEL to audit an export.")
     if args.quantize != "none" and args.format != "tflite":
@@ -353,6 +363,8 @@ def command_export(args):
     else:
         path = export_saved_model(model, args.export_root, args.name, args.version, args.overwrite, labels)
         print(f"exported SavedModel: {path}")
+    if args.serving_base_path:
+        write_models_config(args.export_root, args.serving_base_path)
     text, ok = check_export(path)
     print(text)
     return 0 if ok else 1

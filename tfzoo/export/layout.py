@@ -34,16 +34,43 @@ def version_folder(export_root, name, version=None, overwrite=False):
     return path
 
 
+BASE_PATH_COMMENT = "# base_path: "
+
+
 def write_models_config(export_root, base_path=None):
     """Writes `export_root/models.config` for TF Serving's `--model_config_file`.
 
     Lists every model folder under `export_root` that holds at least one version.
     `base_path` is where TF Serving will see `export_root` (e.g. `/models` inside its
-    container); by default, the absolute path of `export_root` on this machine.
+    container). It is recorded in the file's first line, a comment, and later calls
+    without it (every export rewrites the file) keep it; the first default is the
+    absolute path of `export_root` on this machine.
 
     Returns the path of the file.
+
+    Example:
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(root, "gpt", "1"))
+    >>> _ = write_models_config(root, base_path="/models")
+    >>> print(open(write_models_config(root)).read())  # the base path is kept
+    # base_path: /models
+    model_config_list {
+      config {
+        name: "gpt"
+        base_path: "/models/gpt"
+        model_platform: "tensorflow"
+      }
+    }
+    <BLANKLINE>
     """
-    base_path = base_path or os.path.abspath(export_root)
+    path = os.path.join(export_root, "models.config")
+    if base_path is None and os.path.isfile(path):
+        with open(path, encoding="utf-8") as file:
+            first_line = file.readline().rstrip("\n")
+        if first_line.startswith(BASE_PATH_COMMENT):
+            base_path = first_line[len(BASE_PATH_COMMENT):]
+    base_path = (base_path or os.path.abspath(export_root)).rstrip("/") or "/"
     names = sorted(
         name for name in os.listdir(export_root)
         if os.path.isdir(os.path.join(export_root, name)) and existing_versions(export_root, name)
@@ -51,14 +78,13 @@ def write_models_config(export_root, base_path=None):
     entries = "".join(
         "  config {\n"
         f'    name: "{name}"\n'
-        f'    base_path: "{base_path.rstrip("/")}/{name}"\n'
+        f'    base_path: "{os.path.join(base_path, name)}"\n'
         '    model_platform: "tensorflow"\n'
         "  }\n"
         for name in names
     )
-    path = os.path.join(export_root, "models.config")
     temporary = path + ".partial"
     with open(temporary, "w", encoding="utf-8") as file:
-        file.write("model_config_list {\n" + entries + "}\n")
+        file.write(f"{BASE_PATH_COMMENT}{base_path}\nmodel_config_list {{\n" + entries + "}\n")
     os.replace(temporary, path)
     return path
