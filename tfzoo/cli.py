@@ -131,6 +131,8 @@ def build_parser():
     serve.add_argument("--threads", type=_positive_int, default=8, help="request threads (default 8)")
     serve.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20,
                        help="larger request bodies get a 413 (default 1 MiB)")
+    serve.add_argument("--max-batch-size", type=_positive_int, default=64,
+                       help="more rows (prompts, texts) in one request get a 400 (default 64)")
     return parser
 
 
@@ -374,7 +376,7 @@ def command_serve(args):
     from tfzoo.serving import serve
 
     try:
-        return serve(args.root, args.host, args.port, args.threads, args.max_body_bytes)
+        return serve(args.root, args.host, args.port, args.threads, args.max_body_bytes, args.max_batch_size)
     except OSError as error:  # e.g. the port is taken
         raise RuntimeError(f"Cannot serve on {args.host}:{args.port}: {error}") from None
 

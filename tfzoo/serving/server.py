@@ -40,6 +40,7 @@ import traceback
 import numpy as np
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB
+DEFAULT_MAX_BATCH_SIZE = 64  # rows (prompts, texts) per request
 LOGGER = logging.getLogger("tfzoo.serving")
 
 
@@ -356,7 +357,19 @@ def _tf_error_text(error):
     return lines[-1].replace("\\'", "'") if lines else "The model rejected the request's values."
 
 
-def predict(servable, body):
+def check_batch_size(tensors, max_batch_size):
+    """A 400 when an input holds more rows than the server takes in one request.
+
+    A small body can still ask for a lot of work (a thousand one-word prompts, each
+    generating): the batch is bounded as well as the bytes.
+    """
+    for name, tensor in tensors.items():
+        if tensor.shape.rank and tensor.shape[0] > max_batch_size:
+            raise RequestError(f"Input '{name}' has a batch of {tensor.shape[0]} rows: this server takes at most "
+                               f"{max_batch_size} per request (tfzoo serve --max-batch-size).")
+
+
+def predict(servable, body, max_batch_size=DEFAULT_MAX_BATCH_SIZE):
     """Runs a predict request body on `servable`; returns the JSON response."""
     import tensorflow as tf
 
@@ -367,6 +380,7 @@ def predict(servable, body):
         raise RequestError(f'Serving signature name: "{signature_name}" not found in signature def. '
                            f"Available: {', '.join(sorted(servable.signatures))}.")
     tensors, row_format = parse_inputs(body, servable.inputs[signature_name])
+    check_batch_size(tensors, max_batch_size)
     try:
         outputs = servable.signatures[signature_name](**tensors)
     except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as error:
@@ -402,7 +416,7 @@ def _parse_version(text):
     return int(text)
 
 
-def create_app(registry, max_body_bytes=DEFAULT_MAX_BODY_BYTES):
+def create_app(registry, max_body_bytes=DEFAULT_MAX_BODY_BYTES, max_batch_size=DEFAULT_MAX_BATCH_SIZE):
     """The Flask app serving `registry` (a ModelRegistry)."""
     from flask import Flask, Response, request
     from werkzeug.exceptions import HTTPException
@@ -461,7 +475,7 @@ def create_app(registry, max_body_bytes=DEFAULT_MAX_BODY_BYTES):
             body = json.loads(data)
         except (UnicodeDecodeError, ValueError) as error:
             raise RequestError(f"JSON Parse error: {error}") from None
-        return reply(predict(servable, body))
+        return reply(predict(servable, body, max_batch_size))
 
     @app.route("/", defaults={"rest": ""}, methods=["GET", "POST"])
     @app.route("/<path:rest>", methods=["GET", "POST"])
@@ -471,7 +485,8 @@ def create_app(registry, max_body_bytes=DEFAULT_MAX_BODY_BYTES):
     return app
 
 
-def serve(root, host="127.0.0.1", port=8501, threads=8, max_body_bytes=DEFAULT_MAX_BODY_BYTES):
+def serve(root, host="127.0.0.1", port=8501, threads=8, max_body_bytes=DEFAULT_MAX_BODY_BYTES,
+          max_batch_size=DEFAULT_MAX_BATCH_SIZE):
     """Loads every model under `root` and serves them until interrupted (port 0: any free port)."""
     import waitress
 
@@ -479,7 +494,7 @@ def serve(root, host="127.0.0.1", port=8501, threads=8, max_body_bytes=DEFAULT_M
     registry = ModelRegistry.load(root)
     if not any(servable.available for versions in registry.models.values() for servable in versions.values()):
         raise RuntimeError(f"No SavedModel under {root!r} could be loaded.")
-    app = create_app(registry, max_body_bytes)
+    app = create_app(registry, max_body_bytes, max_batch_size)
     # Waitress buffers a body before the app sees it. Its own cap answers in plain text,
     # so it sits above the app's: the app's limit answers a too-large body with JSON.
     server = waitress.create_server(app, host=host, port=port, threads=threads,
