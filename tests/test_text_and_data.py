@@ -63,6 +63,23 @@ def test_shuffled_windows_cover_the_stream_once():
     assert starts == list(range(0, 110, 11))[: len(starts)] and len(starts) == 10
 
 
+def test_static_shapes_make_every_batch_full():
+    # 23 windows of 10 tokens in batches of 4: the last 3 windows are dropped under static
+    # shapes (a TPU), kept as a smaller batch otherwise.
+    tokens = np.arange(230)
+    shapes = [inputs.shape[0] for inputs, _ in language_model_dataset(
+        tokens, sequence_length=9, batch_size=4, shuffle=False, drop_remainder=False)]
+    assert shapes == [4, 4, 4, 4, 4, 3]
+    static = language_model_dataset(tokens, sequence_length=9, batch_size=4, drop_remainder=False,
+                                    static_shapes=True)
+    assert [inputs.shape[0] for inputs, _ in static] == [4] * 5
+    assert static.element_spec[0].shape == (4, 9)  # known to the compiler, not (None, 9)
+    # Fewer windows than a batch: one small batch normally, an error under static shapes.
+    assert [inputs.shape[0] for inputs, _ in language_model_dataset(tokens[:30], 9, 4)] == [3]
+    with pytest.raises(ValueError, match="fewer than one batch of 4, which static shapes"):
+        language_model_dataset(tokens[:30], 9, 4, static_shapes=True)
+
+
 def test_too_short_corpus_is_a_clear_error():
     with pytest.raises(ValueError, match="too few for one window"):
         language_model_dataset(np.arange(5), sequence_length=9, batch_size=1)

@@ -92,13 +92,16 @@ def tokenize_corpus(texts, tokenizer, end_token_id=None, batch_size=256):
 
 
 def language_model_dataset(
-    token_ids, sequence_length, batch_size, shuffle=True, seed=0, drop_remainder=True
+    token_ids, sequence_length, batch_size, shuffle=True, seed=0, drop_remainder=True, static_shapes=False
 ):
     """Fixed-length windows of a token stream as `(inputs, next_tokens)` batches.
 
     Each window holds `sequence_length + 1` tokens; the model reads the first
     `sequence_length` and predicts the last `sequence_length`. The result is
-    shuffled, batched and prefetched.
+    shuffled, batched and prefetched. `drop_remainder` drops a last, smaller batch,
+    except when there are fewer windows than one batch (then that is the only batch).
+    `static_shapes=True` (what TPUs need) makes every batch exactly `batch_size`: the
+    remainder is always dropped, and too few windows for one batch is a ValueError.
 
     Example:
     >>> dataset = language_model_dataset(np.arange(100), sequence_length=8, batch_size=2)
@@ -114,10 +117,15 @@ def language_model_dataset(
             f"The corpus has {len(token_ids)} tokens: too few for one window of "
             f"sequence_length={sequence_length} (+1). Give more text or a shorter sequence_length."
         )
+    if static_shapes and num_windows < batch_size:
+        raise ValueError(
+            f"The corpus holds {num_windows} windows of {window} tokens: fewer than one batch of "
+            f"{batch_size}, which static shapes (a TPU) need. Give more text, or a smaller batch or sequence."
+        )
     windows = token_ids[: num_windows * window].reshape(num_windows, window)
     dataset = tf.data.Dataset.from_tensor_slices(windows)
     if shuffle:
         dataset = dataset.shuffle(num_windows, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder and num_windows >= batch_size)
+    dataset = dataset.batch(batch_size, drop_remainder=static_shapes or (drop_remainder and num_windows >= batch_size))
     dataset = dataset.map(lambda w: (w[:, :-1], w[:, 1:]), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -6,6 +6,7 @@ from tfzoo.training.distribute import (
     enable_multi_worker_fit,
     get_strategy,
     global_batch_size,
+    needs_static_shapes,
     set_precision,
     split_cpu,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "get_strategy",
     "global_batch_size",
     "latest_checkpoint",
+    "needs_static_shapes",
     "restore_latest",
     "set_precision",
     "split_cpu",

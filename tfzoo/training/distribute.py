@@ -85,6 +85,16 @@ def _tpu_strategy(tpu=None):
     return tf.distribute.TPUStrategy(resolver)
 
 
+def needs_static_shapes(strategy):
+    """Whether `strategy` compiles for a TPU, where every batch must have the same shape.
+
+    Example:
+    >>> needs_static_shapes(tf.distribute.get_strategy())
+    False
+    """
+    return isinstance(strategy, tf.distribute.TPUStrategy)
+
+
 def _mirrored_devices(devices):
     """Device names for MirroredStrategy: every GPU, N GPUs, N logical CPUs, or a given list."""
     gpus = [device.name for device in tf.config.list_logical_devices("GPU")] if tf.config.list_physical_devices(

@@ -12,7 +12,14 @@ from tfzoo.data import language_model_dataset, python_docstrings, read_text_file
 from tfzoo.models import GPT
 from tfzoo.text import train_byte_pair_tokenizer
 from tfzoo.training.callbacks import StepCheckpoint, TextSamples, latest_checkpoint, restore_latest
-from tfzoo.training.distribute import describe_strategy, get_strategy, global_batch_size, read_tf_config, set_precision
+from tfzoo.training.distribute import (
+    describe_strategy,
+    get_strategy,
+    global_batch_size,
+    needs_static_shapes,
+    read_tf_config,
+    set_precision,
+)
 
 SAMPLE_PROMPTS = ["Return the", "If the", "This module"]
 
@@ -111,11 +118,14 @@ def train_gpt(config, log=print):
     token_ids = tokenize_corpus(texts, tokenizer, tokenizer.end_token_id)
     split = int(len(token_ids) * (1 - config.validation_fraction))
     batch_size = global_batch_size(config.batch_size, strategy)
-    train_data = language_model_dataset(token_ids[:split], config.sequence_length, batch_size, seed=config.seed)
+    static = needs_static_shapes(strategy)  # a TPU: every batch exactly batch_size
+    train_data = language_model_dataset(token_ids[:split], config.sequence_length, batch_size, seed=config.seed,
+                                        static_shapes=static)
     validation_data = None
     if config.validation_fraction > 0:
         validation_data = language_model_dataset(
-            token_ids[split:], config.sequence_length, batch_size, shuffle=False, drop_remainder=False
+            token_ids[split:], config.sequence_length, batch_size, shuffle=False, drop_remainder=False,
+            static_shapes=static,
         )
     windows_per_epoch = split // (config.sequence_length + 1) // batch_size
     steps_per_epoch = config.steps_per_epoch or max(windows_per_epoch, 1)
