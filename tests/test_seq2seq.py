@@ -471,6 +471,14 @@ def test_cli_trains_and_translates(tmp_path):
     events = EventAccumulator(os.path.join(run_dir, "logs", "translations"))
     events.Reload()
     assert {"bleu", "translations"} <= set(events.Tags()["tensors"])
+    bleu = [float(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors("bleu")]
+    assert bleu and all(0.0 <= value <= 100.0 for value in bleu), bleu
+    training = EventAccumulator(os.path.join(run_dir, "logs", "train"))
+    training.Reload()
+    tags = set(training.Tags()["tensors"])
+    assert "epoch_loss" in tags and any("accuracy" in tag for tag in tags), tags
+    loss = float(tf.make_ndarray(training.Tensors("epoch_loss")[0].tensor_proto))
+    assert np.isfinite(loss) and loss > 0
 
     result = run_cli("translate", "--model", run_dir, "Save", "Log out", "--beam-width", "2")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -111,3 +111,23 @@ def test_read_text_files_names_the_bad_file(tmp_path):
         read_text_files([str(empty)])
     with pytest.raises(ValueError, match="No corpus files"):
         read_text_files([])
+
+
+def test_wordpiece_vocabulary_trained_on_a_corpus_covers_it():
+    from tfzoo.text import WordPieceTokenizer, train_wordpiece_vocabulary
+
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "park", "quickly", "jumping", "houses", "Über"]
+    texts = [" ".join(rng.choice(words, 8)) + "." for _ in range(200)]
+    vocabulary = train_wordpiece_vocabulary(texts, vocabulary_size=80)
+    assert vocabulary[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert len(vocabulary) <= 80 and len(set(vocabulary)) == len(vocabulary)
+    assert {"the", "cat", "quickly", "uber", "."} <= set(vocabulary)  # frequent words stay whole, lowercased
+    tokenizer = WordPieceTokenizer(vocabulary)
+    ids = tokenizer(texts[:20]).to_list()  # ragged: one row of ids per text
+    unknown = tokenizer.token_to_id("[UNK]")
+    assert all(unknown not in row for row in ids)  # nothing in the corpus is out of vocabulary
+    assert [tokenizer.id_to_token(i) for i in ids[0]] == [word.lower().replace("ü", "u") for word in
+                                                          texts[0][:-1].split()] + ["."]
+    # A word it never saw falls apart into pieces or [UNK], never an error.
+    assert len(tokenizer(["zebra"]).to_list()[0]) >= 1
