@@ -262,6 +262,28 @@ def test_early_stopping_changes_the_work_not_the_result(trained_model):
     assert results[0] == results[1]
 
 
+def test_early_stopping_runs_fewer_steps_when_the_end_token_wins():
+    # A decoder that always puts 70% on the end token: every hypothesis that ends at once
+    # beats any longer one, so the search is decided after a few steps of the 12 allowed.
+    logits = tf.math.log([[0.05, 0.1, 0.15, 0.7]])
+    calls = []
+
+    def step(tokens, index, cache):
+        calls.append(index)  # eager: the loop body runs in Python, once a step
+        return tf.tile(logits, [tf.shape(tokens)[0], 1]), cache
+
+    outputs = {}
+    for early_stopping in (True, False):
+        calls.clear()
+        tokens, lengths, scores = beam_search(step, (), tf.constant([0, 0]), end_token_id=3, beam_width=2,
+                                              max_new_tokens=12, capacity=12, early_stopping=early_stopping)
+        outputs[early_stopping] = (len(calls), tokens.numpy().tolist(), lengths.numpy().tolist(), scores.numpy())
+    (early_steps, *early), (full_steps, *full) = outputs[True], outputs[False]
+    assert full_steps == 12 and early_steps < 5, (early_steps, full_steps)
+    assert early[:2] == full[:2]
+    np.testing.assert_allclose(early[2], full[2])
+
+
 def test_sampling_is_reproducible_and_top_k_one_is_greedy(trained_model):
     batch = sources([4, 6])
     greedy = trained_model.generate(batch, max_new_tokens=10)
