@@ -251,3 +251,29 @@ def test_a_thousand_concurrent_requests_are_all_answered_correctly(server):
         assert [p["label"] for p in body["predictions"]] == labels
         np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], probabilities, atol=1e-6)
     assert seconds < 60
+
+
+@pytest.mark.slow
+def test_concurrent_generate_requests_each_get_their_own_continuation(server):
+    # 96 generate requests (1-3 prompts each, different new-token counts) from 8 client
+    # threads: every answer equals what the same SavedModel gives in this process.
+    import tensorflow as tf
+
+    prompts = ["Return the", "If the", "This module", "Build a", "the value"]
+    requests = [(prompts[i % 5: i % 5 + 1 + i % 3], 4 + i % 7) for i in range(96)]
+    expected = {}
+    for batch, new_tokens in set((tuple(b), n) for b, n in requests):
+        outputs = server.gpt.signatures["generate"](prompts=tf.constant(list(batch)),
+                                                    max_new_tokens=tf.constant(new_tokens))
+        expected[batch, new_tokens] = [text.decode() for text in outputs["text"].numpy()]
+    bodies = [{"signature_name": "generate", "inputs": {"prompts": batch, "max_new_tokens": new_tokens}}
+              for batch, new_tokens in requests]
+    run_load(predict_url(server, "gpt"), bodies[:1], threads=1)  # the server's first call traces the signature
+    results, latencies, seconds = run_load(predict_url(server, "gpt"), bodies, threads=8)
+    print(f"96 generate requests / 8 threads: {seconds:.1f} s, p50 {np.percentile(latencies, 50) * 1e3:.0f} ms, "
+          f"p99 {np.percentile(latencies, 99) * 1e3:.0f} ms")
+    assert all(result is not None and result[0] == 200 for result in results), [
+        r for r in results if r is None or r[0] != 200][:3]
+    for (batch, new_tokens), (_, body) in zip(requests, results):
+        assert body["outputs"]["text"] == expected[tuple(batch), new_tokens]
+    assert seconds < 120
