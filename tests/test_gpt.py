@@ -71,6 +71,18 @@ def test_cached_equals_uncached_greedy_for_a_batch_of_different_lengths(trained_
     assert cached[0][:5] == [8, 9, 10, 11, 12]
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_calls_of_many_shapes_share_a_relaxed_trace_and_stay_right(jit_compile):
+    # Prompts of 3 length buckets (16, 32, 48 after rounding) and 2 batch sizes: after a
+    # few shapes the compiled function is retraced for any shape (reduce_retracing), and
+    # must still size its cache from the prompt it gets.
+    model = GPT.from_preset("gpt_test")
+    for batch, length in [(1, 5), (2, 20), (1, 40), (3, 7), (2, 33)]:
+        prompts = random_prompts(512, [length] * batch, seed=length)
+        cached = model.generate(prompts, max_new_tokens=6, stop_token_ids=(), jit_compile=jit_compile)
+        assert cached == model.generate(prompts, max_new_tokens=6, stop_token_ids=(), use_cache=False)
+
+
 def test_stop_tokens_end_each_prompt_separately(trained_model):
     prompts = [[5, 6, 7], [20, 21]]
     full = trained_model.generate(prompts, max_new_tokens=10, stop_token_ids=())

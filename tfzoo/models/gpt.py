@@ -246,7 +246,10 @@ class GPT(keras.Model):
         """
         prompt_length = tf.shape(token_ids)[1]
         if cache_length is None:
-            cache_length = token_ids.shape[1] + capacity
+            # Static when the trace knows the prompt length (XLA wants it); a traced
+            # function relaxed to any length (reduce_retracing) gets it at run time.
+            static_length = token_ids.shape[1]
+            cache_length = (prompt_length if static_length is None else static_length) + capacity
         logits, caches, key_mask = self.prefill(token_ids, pad_counts, cache_length)
 
         def step(token, index, caches):
