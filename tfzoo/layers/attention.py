@@ -84,13 +84,25 @@ def pack_tokens(grid, positions):
     return ops.take(ops.reshape(grid, (shape[0] * shape[1], shape[2])), positions, axis=0)  # (tokens, width)
 
 
-def unpack_tokens(tokens, positions, grid_shape):
-    """The inverse of `pack_tokens`: `(tokens, width)` rows back into a `(batch, sequence,
-    width)` grid of zeros. Positions listed twice add up (filler rows point at padding)."""
+def grid_rows(positions, grid_shape):
+    """For each position of a `(batch, sequence)` grid, the row of the packed tokens that
+    holds it, or -1 (padding): the map `unpack_tokens` gathers with."""
     batch, length = grid_shape
-    width = tokens.shape[-1]
-    grid = ops.scatter(ops.expand_dims(positions, 1), tokens, (batch * length, width))
-    return ops.reshape(grid, (batch, length, width))
+    empty = ops.full((batch * length,), -1, dtype="int32")
+    rows = ops.arange(ops.shape(positions)[0], dtype="int32")
+    # A position listed twice (filler rows repeat a padding position) keeps one of its rows.
+    return ops.scatter_update(empty, ops.expand_dims(positions, 1), rows)
+
+
+def unpack_tokens(tokens, positions, grid_shape, rows=None):
+    """The inverse of `pack_tokens`: `(tokens, width)` rows back into a `(batch, sequence,
+    width)` grid, zeros where no token is. A gather (through `grid_rows`, computed here
+    unless given), which XLA runs in parallel where a scatter of the rows would not be."""
+    batch, length = grid_shape
+    rows = grid_rows(positions, grid_shape) if rows is None else rows
+    gathered = ops.take(tokens, ops.maximum(rows, 0), axis=0)  # (batch * sequence, width)
+    grid = ops.where(ops.expand_dims(rows >= 0, 1), gathered, ops.zeros_like(gathered))
+    return ops.reshape(grid, (batch, length, tokens.shape[-1]))
 
 
 @keras.saving.register_keras_serializable(package="tfzoo")
@@ -242,11 +254,12 @@ class MultiHeadAttention(keras.layers.Layer):
                     "whose shape is the (batch, sequence) grid of the packed tokens."
                 )
             grid_shape = ops.shape(key_padding_mask)
+            rows = grid_rows(packed_positions, grid_shape)  # once for queries, keys and values
 
         def heads(dense, x, head_dim):  # (batch, sequence, heads, head_dim)
             projected = dense(x)
             if grid_shape is not None:
-                projected = unpack_tokens(projected, packed_positions, grid_shape)
+                projected = unpack_tokens(projected, packed_positions, grid_shape, rows)
             return self._split_heads(projected, head_dim)
 
         queries = heads(self.query_dense, query, self.key_dim)  # (batch, query, heads, key_dim)
