@@ -90,14 +90,17 @@ def grid_rows(positions, grid_shape):
     batch, length = grid_shape
     empty = ops.full((batch * length,), -1, dtype="int32")
     rows = ops.arange(ops.shape(positions)[0], dtype="int32")
-    # A position listed twice (filler rows repeat a padding position) keeps one of its rows.
+    # A position listed twice (filler rows repeat a padding position, with identical values)
+    # keeps one of its rows.
     return ops.scatter_update(empty, ops.expand_dims(positions, 1), rows)
 
 
 def unpack_tokens(tokens, positions, grid_shape, rows=None):
     """The inverse of `pack_tokens`: `(tokens, width)` rows back into a `(batch, sequence,
-    width)` grid, zeros where no token is. A gather (through `grid_rows`, computed here
-    unless given), which XLA runs in parallel where a scatter of the rows would not be."""
+    width)` grid, zeros at positions not listed; a position listed twice (filler rows,
+    identical copies of one padding position) holds one of its rows. A gather (through
+    `grid_rows`, computed here unless given), which XLA runs in parallel where a scatter of
+    the rows would not be."""
     batch, length = grid_shape
     rows = grid_rows(positions, grid_shape) if rows is None else rows
     gathered = ops.take(tokens, ops.maximum(rows, 0), axis=0)  # (batch * sequence, width)
