@@ -49,8 +49,11 @@ SYSTEM_NAMES = {TFZOO: "tfzoo GPT", KERAS_HUB: "keras-hub GPT2", HF_TORCH: "HF G
 # Set by main() when PyTorch and transformers are installed (and not --no-torch).
 TORCH = None
 # The SavedModel comparison's three ways to generate, the export first (the reference).
+# `generate_xla` (the opt-in signature compiled with XLA) is compared with in-process XLA.
 SAVEDMODEL, IN_PROCESS, IN_PROCESS_XLA = "savedmodel", "in_process", "in_process_xla"
-SHORT_LABELS.update({SAVEDMODEL: "SavedModel", IN_PROCESS: "in-process, no XLA", IN_PROCESS_XLA: "in-process, XLA"})
+SAVEDMODEL_XLA = "savedmodel_xla"
+SHORT_LABELS.update({SAVEDMODEL: "SavedModel", IN_PROCESS: "in-process, no XLA", IN_PROCESS_XLA: "in-process, XLA",
+                     SAVEDMODEL_XLA: "SavedModel generate_xla"})
 
 # Sizes per mode. "full" is the number the team quotes; "quick" only checks the script runs.
 SETTINGS = {
@@ -503,12 +506,13 @@ def savedmodel_prompts(tokenizer, corpus, batch_size, prompt_length, seed):
 
 
 def run_savedmodel(settings, rounds, log):
-    """The exported `generate` signature against in-process `GPT.generate`, same prompts.
+    """The exported `generate` signatures against in-process `GPT.generate`, same prompts.
 
     Both sides take strings and return strings, stop at the tokenizer's end token (the
     export's fixed setting) and decode greedily; every call must add exactly `new_tokens`
-    per row. The export is traced without XLA, so the like-for-like comparison is
-    in-process `jit_compile=False`; in-process XLA (the default) is reported too.
+    per row. `generate` is traced without XLA (what a stock TF Serving runs), so its
+    like-for-like comparison is in-process `jit_compile=False` (in-process XLA, the
+    default, is reported too); the opt-in `generate_xla` is compared with in-process XLA.
     """
     import keras
     import tensorflow as tf
@@ -533,10 +537,11 @@ def run_savedmodel(settings, rounds, log):
     model.build()
     with tempfile.TemporaryDirectory() as root:
         begin = time.perf_counter()
-        path = export_gpt(model, root, "gpt")
+        path = export_gpt(model, root, "gpt", xla=True)
         exported = time.perf_counter() - begin
         begin = time.perf_counter()
-        signature = tf.saved_model.load(path).signatures["generate"]
+        signatures = tf.saved_model.load(path).signatures
+        signature, signature_xla = signatures["generate"], signatures["generate_xla"]
         loaded = time.perf_counter() - begin
         log(f"  exported in {exported:.1f} s, loaded in {loaded:.1f} s")
         checks["export_seconds"], checks["load_seconds"] = exported, loaded
@@ -551,13 +556,15 @@ def run_savedmodel(settings, rounds, log):
             token_lists = tokenizer(prompts).to_list()
             in_process_ids = model.generate(token_lists, max_new_tokens=new_tokens, jit_compile=False)
             same = in_process_ids == [row[:new_tokens] for row in exported_output["token_ids"].numpy().tolist()]
+            xla_output = signature_xla(prompts=tf.constant(prompts), max_new_tokens=tf.constant(new_tokens))
+            same_xla = bool((xla_output["token_ids"].numpy() == exported_output["token_ids"].numpy()).all())
             counts = exported_output["lengths"].numpy().tolist()
             checks[f"batch{batch_size}"] = dict(
                 prompts=prompts, prompt_tokens=[len(ids) for ids in token_lists], new_tokens_per_row=counts,
-                in_process_same_tokens=bool(same), attempts=attempt + 1,
+                in_process_same_tokens=bool(same), generate_xla_same_tokens=same_xla, attempts=attempt + 1,
             )
             log(f"  batch {batch_size}: prompts of {min(map(len, token_lists))}-{max(map(len, token_lists))} "
-                f"tokens, {counts} new tokens, in-process tokens equal: {same}")
+                f"tokens, {counts} new tokens, in-process tokens equal: {same}, generate_xla's equal: {same_xla}")
             if counts != [new_tokens] * batch_size:
                 raise RuntimeError(f"the export generated {counts} tokens, expected {new_tokens} per row")
 
@@ -568,13 +575,15 @@ def run_savedmodel(settings, rounds, log):
             calls = {
                 SAVEDMODEL: lambda prompts=prompts: signature(
                     prompts=tf.constant(prompts), max_new_tokens=tf.constant(new_tokens))["text"].numpy(),
+                SAVEDMODEL_XLA: lambda prompts=prompts: signature_xla(
+                    prompts=tf.constant(prompts), max_new_tokens=tf.constant(new_tokens))["text"].numpy(),
                 IN_PROCESS: lambda prompts=prompts: model.generate(prompts, max_new_tokens=new_tokens,
                                                                    jit_compile=False),
                 IN_PROCESS_XLA: lambda prompts=prompts: model.generate(prompts, max_new_tokens=new_tokens,
                                                                        jit_compile=True),
             }
             for round_index in range(rounds):
-                order = order_for_round(round_index, (SAVEDMODEL, IN_PROCESS, IN_PROCESS_XLA))
+                order = order_for_round(round_index, (SAVEDMODEL, IN_PROCESS, IN_PROCESS_XLA, SAVEDMODEL_XLA))
                 for way in order:
                     check(calls[way]())  # the first in-process XLA call compiles
                 seconds = {way: [] for way in order}
@@ -586,17 +595,23 @@ def run_savedmodel(settings, rounds, log):
                         check(texts)
                 for way in order:
                     rate = batch_size * new_tokens / statistics.median(seconds[way])
-                    measures.setdefault(f"savedmodel_tokens_per_second_batch{batch_size}", {}).setdefault(
-                        way, []).append(rate)
+                    for measure, ways in ((f"savedmodel_tokens_per_second_batch{batch_size}",
+                                           (SAVEDMODEL, IN_PROCESS, IN_PROCESS_XLA)),
+                                          (f"savedmodel_xla_tokens_per_second_batch{batch_size}",
+                                           (SAVEDMODEL_XLA, IN_PROCESS_XLA))):
+                        if way in ways:
+                            measures.setdefault(measure, {}).setdefault(way, []).append(rate)
                     checks.setdefault(f"batch{batch_size}_{way}_call_seconds", []).append(seconds[way])
                     log(f"  round {round_index + 1}/{rounds} batch {batch_size} {way:14s}: {rate:7.0f} new tokens/s")
     return measures, checks
 
 
-def describe_savedmodel(settings):
+def describe_savedmodel(settings, xla=False):
     prompt, new = settings["prompt_length"], settings["new_tokens"]
-    return [(f"savedmodel_tokens_per_second_batch{batch_size}",
-             f"greedy new tokens/s, text in and out, prompt ~{prompt} + {new}, batch {batch_size}", "higher")
+    prefix, signature = ("savedmodel_xla", "generate_xla") if xla else ("savedmodel", "generate")
+    return [(f"{prefix}_tokens_per_second_batch{batch_size}",
+             f"`{signature}` greedy new tokens/s, text in and out, prompt ~{prompt} + {new}, batch {batch_size}",
+             "higher")
             for batch_size in settings["generate_batch_sizes"]]
 
 
@@ -667,6 +682,10 @@ SAVEDMODEL_TARGETS = [
      f"SavedModel `generate` within 10% of in-process {what}, batch {batch_size}")
     for batch_size in (1, 8)
     for peer, what in ((IN_PROCESS, "`generate(jit_compile=False)`"), (IN_PROCESS_XLA, "`generate` with XLA (the default)"))
+] + [
+    (f"savedmodel_xla_tokens_per_second_batch{batch_size}", IN_PROCESS_XLA, "at least", 0.9,
+     f"SavedModel `generate_xla` within 10% of in-process `generate` with XLA, batch {batch_size}")
+    for batch_size in (1, 8)
 ]
 
 
@@ -700,11 +719,12 @@ def main(argv=None):
         measures.update(part)
         checks.update(part_checks)
 
-    savedmodel_results = []
+    savedmodel_results = savedmodel_xla_results = []
     if args.only in (None, "savedmodel"):
         log("SavedModel generate vs in-process")
         part, part_checks = run_savedmodel(settings, rounds, log)
         savedmodel_results = summarize(part, describe_savedmodel(settings), reference=SAVEDMODEL)
+        savedmodel_xla_results = summarize(part, describe_savedmodel(settings, xla=True), reference=SAVEDMODEL_XLA)
         checks["savedmodel"] = part_checks
     memory = {}
     if args.only in (None, "memory") and not args.no_memory:
@@ -726,9 +746,13 @@ def main(argv=None):
     if savedmodel_results:
         tables.append("SavedModel `generate` signature (the reference) vs in-process `GPT.generate`:\n\n"
                       + format_table(savedmodel_results, rounds))
+    if savedmodel_xla_results:
+        tables.append("SavedModel `generate_xla` signature (the reference) vs in-process `GPT.generate` with XLA:\n\n"
+                      + format_table(savedmodel_xla_results, rounds))
     if memory:
         tables.append(format_memory_table(memory_rows(memory, settings)))
-    targets = check_targets(results, TARGETS) + check_targets(savedmodel_results, SAVEDMODEL_TARGETS)
+    targets = check_targets(results, TARGETS) + check_targets(savedmodel_results + savedmodel_xla_results,
+                                                              SAVEDMODEL_TARGETS)
     if targets:
         tables.append(format_targets(targets))
     table = "\n\n".join(tables)
@@ -738,7 +762,7 @@ def main(argv=None):
         model=model_arguments(settings["preset"]), settings=settings, machine=info,
         results=results, matmul_peak=peak, training_flops_per_token=flops,
         utilisation={label: values for label, values in mfu_rows},
-        savedmodel=savedmodel_results, peak_memory=memory, targets=targets,
+        savedmodel=savedmodel_results, savedmodel_xla=savedmodel_xla_results, peak_memory=memory, targets=targets,
         checks=checks, table=table, elapsed_seconds=elapsed,
     ))
     return results

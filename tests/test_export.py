@@ -151,6 +151,74 @@ def test_export_check_command_exit_codes(exported):
     assert missing.returncode == 2 and "No SavedModel at '/nonexistent/export'" in missing.stderr
 
 
+@pytest.fixture(scope="module")
+def exported_with_xla(trained_gpt, tmp_path_factory):
+    # Through the command line, which also audits the export and must accept the opt-in XLA.
+    from tests.helpers import run_cli
+
+    folder = tmp_path_factory.mktemp("xla_export")
+    model_path = str(folder / "gpt.keras")
+    trained_gpt.save(model_path)
+    root = str(folder / "savedmodels")
+    result = run_cli("export", "--model", model_path, "--xla", "--export-root", root, "--name", "gpt")
+    return trained_gpt, os.path.join(root, "gpt", "1"), result
+
+
+def test_xla_signature_generates_the_same_tokens_in_a_fresh_process(exported_with_xla):
+    model, path, export_run = exported_with_xla
+    assert export_run.returncode == 0, export_run.stdout[-2000:] + export_run.stderr[-2000:]
+    assert "OK for TF Serving but for generate_xla" in export_run.stdout
+    # Two output buckets (12 -> 16 slots, 40 -> 48) and prompts of several lengths, each
+    # checked against the non-XLA signature of the same export and against Keras.
+    code = f"""
+import json
+import tensorflow as tf
+import tensorflow_text
+loaded = tf.saved_model.load({path!r})
+results = {{}}
+for signature in ("generate", "generate_xla"):
+    for new_tokens in (12, 40):
+        out = loaded.signatures[signature](prompts=tf.constant({PROMPTS!r}), max_new_tokens=tf.constant(new_tokens))
+        lengths = out["lengths"].numpy().tolist()
+        results[f"{{signature}} {{new_tokens}}"] = {{
+            "ids": [row[:n] for row, n in zip(out["token_ids"].numpy().tolist(), lengths)],
+            "texts": [t.decode("utf-8") for t in out["text"].numpy()]}}
+try:
+    loaded.signatures["generate_xla"](prompts=tf.constant(["word " * 400]), max_new_tokens=tf.constant(4))
+    results["too long"] = "no error"
+except tf.errors.InvalidArgumentError as error:
+    results["too long"] = error.message
+print(json.dumps(results))
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    for new_tokens in (12, 40):
+        assert results[f"generate_xla {new_tokens}"] == results[f"generate {new_tokens}"]
+        expected = [model.generate([list(model.tokenizer(p))], max_new_tokens=new_tokens)[0] for p in PROMPTS]
+        assert results[f"generate_xla {new_tokens}"]["ids"] == expected
+    assert any(len(ids) > 3 for ids in results["generate_xla 40"]["ids"])  # not a trivially empty comparison
+    assert "A prompt is longer than the model" in results["too long"]  # the export's own check, not a gather's error
+
+
+def test_op_audit_names_the_xla_signature_and_only_it(exported, exported_with_xla):
+    from tests.helpers import run_cli
+    from tfzoo.export.audit import only_opt_in_xla
+
+    plain = audit_saved_model(exported[2])
+    assert plain["xla_signatures"] == [] and not only_opt_in_xla(plain)
+    with_xla = audit_saved_model(exported_with_xla[1])
+    assert with_xla["xla_signatures"] == ["generate_xla"], with_xla
+    assert with_xla["xla_functions"] and not with_xla["ok"] and only_opt_in_xla(with_xla)
+    # `--check` stays strict: an export that needs XLA anywhere is not servable as it is.
+    check = run_cli("export", "--check", exported_with_xla[1])
+    assert check.returncode == 1 and "OK for TF Serving but for generate_xla" in check.stdout
+    with pytest.raises(ValueError, match="xla=True adds a GPT signature"):
+        from tfzoo.models import BertEncoder
+
+        export_saved_model(BertEncoder.from_preset("bert_test"), str(exported_with_xla[1]) + "_no", xla=True)
+
+
 def test_sampled_generate_signature_follows_its_settings(exported):
     model, _, path = exported
     code = f"""

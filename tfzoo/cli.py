@@ -108,6 +108,9 @@ def build_parser():
                              "the SavedModel")
     export.add_argument("--quantize", choices=("none", "int8"), default="none",
                         help="with --format tflite, int8 also writes model_int8.tflite (dynamic-range int8)")
+    export.add_argument("--xla", action="store_true",
+                        help="a GPT export also gets generate_xla, its decode loop compiled with XLA (~3x faster "
+                             "on CPU; for tfzoo serve, or TF Serving with --xla_cpu_compilation_enabled)")
     export.add_argument("--serving-base-path", metavar="PATH",
                         help="where TF Serving sees the export root (e.g. /models in its container): written "
                              "into models.config and kept by later exports; alone, it only rewrites models.config")
@@ -356,6 +359,8 @@ def command_export(args):
         raise ValueError("Give --model to export, or --check SAVEDMODEL to audit an export.")
     if args.quantize != "none" and args.format != "tflite":
         raise ValueError(f"--quantize {args.quantize} applies to --format tflite only.")
+    if args.xla and args.format != "saved_model":
+        raise ValueError("--xla applies to --format saved_model only (TFLite has no XLA).")
     model = load_keras_model(args.model)
     labels = args.labels.split(",") if args.labels else None
     if args.format == "tflite":
@@ -363,11 +368,12 @@ def command_export(args):
                              quantize=None if args.quantize == "none" else args.quantize, label_names=labels)
         print(f"exported SavedModel and TFLite: {path}")
     else:
-        path = export_saved_model(model, args.export_root, args.name, args.version, args.overwrite, labels)
+        path = export_saved_model(model, args.export_root, args.name, args.version, args.overwrite, labels,
+                                  xla=args.xla)
         print(f"exported SavedModel: {path}")
     if args.serving_base_path:
         write_models_config(args.export_root, args.serving_base_path)
-    text, ok = check_export(path)
+    text, ok = check_export(path, allow_xla_signatures=args.xla)
     print(text)
     return 0 if ok else 1
 

@@ -13,6 +13,9 @@ flagged.
 
 A function traced with `jit_compile=True` is flagged as well: it carries the
 `_XlaMustCompile` attribute, not an `Xla*` op, and fails in a server without XLA.
+The audit also names the signatures that reach XLA (through the functions they call),
+so that an export whose only XLA is an opt-in signature such as GPT's `generate_xla`
+can be told apart from one that needs XLA everywhere.
 """
 
 import json
@@ -53,6 +56,51 @@ def xla_compiled_functions(path):
     )
 
 
+def _called_functions(node):
+    """Names of the functions a node calls: `f` of a call, `body`/`cond` of a loop, branches..."""
+    names = []
+    for value in node.attr.values():
+        if value.HasField("func"):
+            names.append(value.func.name)
+        names += [function.name for function in value.list.func]
+    return names
+
+
+def xla_signatures(path):
+    """The signatures of a SavedModel that reach an `Xla*` op or a function compiled with XLA."""
+    needing_xla = set()
+    for meta_graph in _read_saved_model(path).meta_graphs:
+        library = {function.signature.name: function for function in meta_graph.graph_def.library.function}
+        graph_nodes = {node.name: node for node in meta_graph.graph_def.node}
+        for signature_name, signature in meta_graph.signature_def.items():
+            # Walk back from the signature's outputs through the graph, then into every function called.
+            pending = [info.name.split(":")[0] for info in signature.outputs.values()]
+            seen_nodes, seen_functions, functions = set(), set(), []
+            while pending:
+                name = pending.pop()
+                if name in seen_nodes or name not in graph_nodes:
+                    continue
+                seen_nodes.add(name)
+                node = graph_nodes[name]
+                functions += _called_functions(node)
+                pending += [source.lstrip("^").split(":")[0] for source in node.input]
+            uses_xla = False
+            while functions:
+                name = functions.pop()
+                if name in seen_functions or name not in library:
+                    continue
+                seen_functions.add(name)
+                function = library[name]
+                if "_XlaMustCompile" in function.attr and function.attr["_XlaMustCompile"].b:
+                    uses_xla = True
+                for node in function.node_def:
+                    uses_xla = uses_xla or node.op.startswith("Xla")
+                    functions += _called_functions(node)
+            if uses_xla:
+                needing_xla.add(signature_name)
+    return sorted(needing_xla)
+
+
 def saved_model_ops(path):
     """The set of op types a SavedModel's graph and functions use."""
     saved_model = _read_saved_model(path)
@@ -68,9 +116,10 @@ def saved_model_ops(path):
 def audit_saved_model(path):
     """Sorts the ops of a SavedModel into tensorflow core, tensorflow-text and unknown.
 
-    Returns a dict with `core`, `text`, `unknown`, `xla` (ops) and `xla_functions`
-    (functions compiled with XLA), sorted lists, and `ok`: true when every op is core or
-    tensorflow-text and nothing needs XLA.
+    Returns a dict with `core`, `text`, `unknown`, `xla` (ops), `xla_functions`
+    (functions compiled with XLA) and `xla_signatures` (signatures reaching either),
+    sorted lists, and `ok`: true when every op is core or tensorflow-text and nothing
+    needs XLA.
     """
     ops = sorted(saved_model_ops(path))
     result = subprocess.run(
@@ -87,6 +136,7 @@ def audit_saved_model(path):
         "unknown": sorted(op for op in ops if op not in known),
         "xla": sorted(op for op in ops if op.startswith("Xla")),
         "xla_functions": xla_compiled_functions(path),
+        "xla_signatures": xla_signatures(path),
     }
     report["ok"] = not report["unknown"] and not report["xla"] and not report["xla_functions"]
     return report
@@ -99,15 +149,30 @@ def _format_lines(header, text_ops, problems, verdict):
     return "\n".join(lines + [verdict])
 
 
+def only_opt_in_xla(report):
+    """True when the one thing between an export and a stock TF Serving is XLA in opt-in
+    signatures (named `*_xla`, e.g. GPT's `generate_xla`): the other signatures serve as they are."""
+    return (not report["unknown"] and bool(report["xla_signatures"])
+            and all(name.endswith("_xla") for name in report["xla_signatures"]))
+
+
 def format_report(path, report):
     """The SavedModel audit in a few lines, as `tfzoo export --check` prints it."""
+    if report["ok"]:
+        verdict = "  OK for TF Serving"
+    elif only_opt_in_xla(report):
+        verdict = (f"  OK for TF Serving but for {', '.join(report['xla_signatures'])}, which needs XLA "
+                   "(tensorflow_model_server --xla_cpu_compilation_enabled=true, or tfzoo serve)")
+    else:
+        verdict = "  NOT servable by a stock TF Serving"
     return _format_lines(
         f"{path}: {len(report['core'])} TensorFlow core ops, {len(report['text'])} tensorflow-text ops",
         report["text"],
         [("NOT in TensorFlow core or tensorflow-text", report["unknown"]),
          ("need XLA (TF Serving disables it by default)", report["xla"]),
-         ("functions compiled with XLA (jit_compile=True)", report["xla_functions"])],
-        "  OK for TF Serving" if report["ok"] else "  NOT servable by a stock TF Serving",
+         ("functions compiled with XLA (jit_compile=True)", report["xla_functions"]),
+         ("signatures that need XLA", report["xla_signatures"])],
+        verdict,
     )
 
 
@@ -208,17 +273,18 @@ def format_tflite_report(path, report):
     )
 
 
-def check_export(path):
+def check_export(path, allow_xla_signatures=False):
     """Audits what `tfzoo export --check PATH` names: a `.tflite` file, or an export folder.
 
     A folder's SavedModel is audited for TF Serving and each `.tflite` file in it for
-    TFLite. Returns `(text, ok)`: the reports, and whether every one passed.
+    TFLite. Returns `(text, ok)`: the reports, and whether every one passed. With
+    `allow_xla_signatures`, XLA confined to opt-in `*_xla` signatures passes.
     """
     if path.endswith(".tflite"):
         report = audit_tflite(path)
         return format_tflite_report(path, report), report["ok"]
     report = audit_saved_model(path)
-    texts, ok = [format_report(path, report)], report["ok"]
+    texts, ok = [format_report(path, report)], report["ok"] or (allow_xla_signatures and only_opt_in_xla(report))
     for name in sorted(os.listdir(path)):
         if name.endswith(".tflite"):
             tflite_report = audit_tflite(os.path.join(path, name))

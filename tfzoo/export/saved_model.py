@@ -11,14 +11,19 @@ lacks one, so optional settings get a signature of their own):
 
 - GPT: `generate` (`prompts`, `max_new_tokens`; greedy) and `generate_sampled` (plus
   `temperature`, `top_k`, `top_p`, `seed`) -> `text`, `token_ids`, `lengths`;
-  `serving_default`: `token_ids` -> `logits`.
+  `serving_default`: `token_ids` -> `logits`. With `xla=True`, also `generate_xla`
+  (`generate`'s inputs and outputs, its decode loop compiled with XLA).
 - BERT classifier: `classify` = `serving_default` (`text`) -> `label`, `label_id`,
   `probabilities`; `classify_pair` (`first`, `second`) for two-segment inputs.
 - BERT encoder: `embed` = `serving_default` (`text`) -> `embedding` (mean-pooled, L2-normalized).
 - Seq2seq: `translate` = `serving_default` (`sentences`; greedy) and `translate_beam`
   (beam search) -> `translation`, `token_ids`, `lengths`.
 
-Serving functions are traced without XLA: the stock TF Serving disables it.
+Serving functions are traced without XLA: the stock TF Serving disables it. The opt-in
+`generate_xla` is for servers that run XLA (`tfzoo serve`, a TensorFlow Python process, TF
+Serving started with `--xla_cpu_compilation_enabled`): it decodes ~3x faster than
+`generate` on CPU (benchmarks/RESULTS.md), and each new (batch size, prompt bucket,
+output bucket) costs one XLA compilation (~2 s) the first time it is seen.
 """
 
 import os
@@ -28,6 +33,7 @@ import tensorflow as tf
 
 from tfzoo.export.layout import version_folder, write_models_config
 from tfzoo.generation import tensor_sampler
+from tfzoo.layers.attention import cache_writes_in_place
 
 STRINGS = tf.TensorSpec([None], tf.string)
 SCALAR_INT = tf.TensorSpec([], tf.int32)
@@ -40,15 +46,24 @@ def _require_built(model):
 
 
 class GPTServingModule(tf.Module):
-    """A GPT, its tokenizer and the serving functions, as one trackable object."""
+    """A GPT, its tokenizer and the serving functions, as one trackable object.
 
-    def __init__(self, model):
+    `xla=True` adds the `generate_xla` signature (see the module docstring).
+    """
+
+    def __init__(self, model, xla=False):
         super().__init__()
         if model.tokenizer is None:
             raise ValueError("This GPT has no tokenizer: a text-in, text-out export needs one.")
         _require_built(model)
         self.model = model
         self.tokenizer = model.tokenizer
+        self.xla = bool(xla)
+        if self.xla:
+            # Made here, not as decorated methods: a SavedModel keeps every tf.function with an
+            # input signature that its module has, and an export without xla must carry no XLA.
+            self._greedy_token_ids_xla = tf.function(self._greedy_token_ids, jit_compile=True)
+            self.generate_xla = tf.function(self._generate_xla, input_signature=[STRINGS, SCALAR_INT])
         end_token_id = getattr(model.tokenizer, "end_token_id", None)
         self.stop_token_ids = () if end_token_id is None else (int(end_token_id),)
 
@@ -56,12 +71,12 @@ class GPTServingModule(tf.Module):
     def logits(self, token_ids):
         return {"logits": self.model(token_ids, training=False)}
 
-    def _generate(self, prompts, max_new_tokens, choose, seed):
-        model = self.model
+    def _prompt_ids(self, prompts, max_new_tokens):
+        """Tokenized prompts: `(ragged ids, prompt lengths, longest, max_new_tokens clipped to the room left)`."""
         ragged = self.tokenizer(prompts)  # (batch, None) ragged
         lengths = tf.cast(ragged.row_lengths(), tf.int32)
         prompt_length = tf.reduce_max(lengths)
-        room = model.max_sequence_length - prompt_length
+        room = self.model.max_sequence_length - prompt_length
         # The checks must run before the work they guard: inside a tf.function an assertion is
         # not otherwise ordered before the gathers, which then fail first with a cryptic index error.
         checks = [
@@ -71,16 +86,29 @@ class GPTServingModule(tf.Module):
         with tf.control_dependencies(checks):
             ragged = tf.identity(ragged)
             room = tf.identity(room)
-        max_new_tokens = tf.clip_by_value(max_new_tokens, 0, room)
-        # Left-pad: reverse each row, pad on the right, reverse back.
-        padded = tf.cast(tf.reverse(tf.reverse(ragged, axis=[1]).to_tensor(0), axis=[1]), tf.int32)
-        tokens, new_lengths = model.generate_token_ids(
-            padded, prompt_length - lengths, max_new_tokens, capacity=model.max_sequence_length,
+        return ragged, lengths, prompt_length, tf.clip_by_value(max_new_tokens, 0, room)
+
+    def _outputs(self, tokens, new_lengths):
+        new_ids = tf.RaggedTensor.from_tensor(tokens, lengths=new_lengths)
+        return {"text": self.tokenizer.detokenize(new_ids), "token_ids": new_ids.to_tensor(0), "lengths": new_lengths}
+
+    @staticmethod
+    def _left_pad(ragged, extra=0):
+        # Reverse each row, pad on the right (`extra` more columns than the longest row), reverse back.
+        reversed_rows = tf.reverse(ragged, axis=[1]).to_tensor(0)
+        if extra is not 0:
+            reversed_rows = tf.pad(reversed_rows, [[0, 0], [0, extra]])
+        return tf.cast(tf.reverse(reversed_rows, axis=[1]), tf.int32)
+
+    def _generate(self, prompts, max_new_tokens, choose, seed):
+        ragged, lengths, prompt_length, max_new_tokens = self._prompt_ids(prompts, max_new_tokens)
+        padded = self._left_pad(ragged)
+        tokens, new_lengths = self.model.generate_token_ids(
+            padded, prompt_length - lengths, max_new_tokens, capacity=self.model.max_sequence_length,
             cache_length=prompt_length + max_new_tokens, choose=choose, stop_token_ids=self.stop_token_ids,
             seed=seed,
         )
-        new_ids = tf.RaggedTensor.from_tensor(tokens, lengths=new_lengths)
-        return {"text": self.tokenizer.detokenize(new_ids), "token_ids": new_ids.to_tensor(0), "lengths": new_lengths}
+        return self._outputs(tokens, new_lengths)
 
     @tf.function(input_signature=[STRINGS, SCALAR_INT])
     def generate(self, prompts, max_new_tokens):
@@ -91,12 +119,45 @@ class GPTServingModule(tf.Module):
         choose = tensor_sampler(temperature, top_k, top_p)
         return self._generate(prompts, max_new_tokens, choose, tf.stack([seed, tf.constant(0, tf.int32)]))
 
+    def _greedy_token_ids(self, token_ids, pad_counts, max_new_tokens, output_slots):
+        # XLA needs static sizes: the output buffer's is `output_slots`' length and the
+        # cache's the padded prompt plus that, both known when XLA compiles for these shapes.
+        capacity = tf.shape(output_slots)[0]
+        with cache_writes_in_place():  # in-place cache updates, as in-process generate under XLA
+            return self.model.generate_token_ids(
+                token_ids, pad_counts, max_new_tokens, capacity=capacity,
+                cache_length=tf.shape(token_ids)[1] + capacity, stop_token_ids=self.stop_token_ids,
+            )
+
+    def _generate_xla(self, prompts, max_new_tokens):
+        """`generate` with the decode loop compiled by XLA (tokenizing stays outside XLA).
+
+        Prompt and output lengths are rounded up to multiples of 16, as in-process
+        `GPT.generate` does, so that nearby sizes share one compiled program.
+        """
+        ragged, lengths, prompt_length, max_new_tokens = self._prompt_ids(prompts, max_new_tokens)
+        longest_allowed = self.model.max_sequence_length
+        padded_length = tf.minimum(_round_up(prompt_length, 16), longest_allowed - max_new_tokens)
+        capacity = tf.minimum(_round_up(max_new_tokens, 16), longest_allowed - padded_length)
+        tokens, new_lengths = self._greedy_token_ids_xla(
+            self._left_pad(ragged, padded_length - prompt_length), padded_length - lengths, max_new_tokens,
+            tf.zeros([capacity], tf.int32),
+        )
+        return self._outputs(tokens, new_lengths)
+
     def signatures(self):
-        return {
+        signatures = {
             "serving_default": self.logits.get_concrete_function(),
             "generate": self.generate.get_concrete_function(),
             "generate_sampled": self.generate_sampled.get_concrete_function(),
         }
+        if self.xla:
+            signatures["generate_xla"] = self.generate_xla.get_concrete_function()
+        return signatures
+
+
+def _round_up(value, multiple):
+    return (value + multiple - 1) // multiple * multiple
 
 
 class ClassifierServingModule(tf.Module):
@@ -238,15 +299,23 @@ def model_family(model, target="SavedModel"):
     )
 
 
-def serving_module(model, label_names=None):
-    """The serving module for `model`'s family, or a ValueError naming the type."""
+def serving_module(model, label_names=None, xla=False):
+    """The serving module for `model`'s family, or a ValueError naming the type.
+
+    `xla=True` (GPT only) adds the `generate_xla` signature.
+    """
     family = model_family(model)
+    if xla and family != "gpt":
+        raise ValueError(f"xla=True adds a GPT signature (generate_xla); a {type(model).__name__} has none.")
+    if family == "gpt":
+        return GPTServingModule(model, xla=xla)
     if family == "classifier":
         return ClassifierServingModule(model, label_names)
     return {"gpt": GPTServingModule, "seq2seq": Seq2SeqServingModule, "encoder": EncoderServingModule}[family](model)
 
 
-def export_saved_model(model, export_root="savedmodels", name=None, version=None, overwrite=False, label_names=None):
+def export_saved_model(model, export_root="savedmodels", name=None, version=None, overwrite=False, label_names=None,
+                       xla=False):
     """Writes `model` as a SavedModel at `export_root/name/version` and returns the path.
 
     Args:
@@ -256,13 +325,15 @@ def export_saved_model(model, export_root="savedmodels", name=None, version=None
         version: an integer; default the next free one. An existing version is refused
             unless `overwrite`.
         label_names: a classifier's label strings, in label-id order.
+        xla: a GPT export gets a `generate_xla` signature too, for servers that run
+            XLA (not the stock TF Serving, which disables it by default).
 
     `export_root/models.config` is rewritten to list every exported model.
 
     Example:
     >>> path = export_saved_model(model, "savedmodels", "gpt")  # doctest: +SKIP
     """
-    module = serving_module(model, label_names)
+    module = serving_module(model, label_names, xla=xla)
     name = name or type(model).__name__.lower()
     path = version_folder(export_root, name, version, overwrite)
     temporary = path + ".partial"
@@ -276,10 +347,10 @@ def export_saved_model(model, export_root="savedmodels", name=None, version=None
     return path
 
 
-def export_gpt(model, export_root="savedmodels", name="gpt", version=None, overwrite=False):
+def export_gpt(model, export_root="savedmodels", name="gpt", version=None, overwrite=False, xla=False):
     """`export_saved_model` for a GPT (kept for the GPT-only callers)."""
     from tfzoo.models import GPT
 
     if not isinstance(model, GPT):
         raise ValueError(f"export_gpt expects a GPT. Received: {type(model).__name__}")
-    return export_saved_model(model, export_root, name, version, overwrite)
+    return export_saved_model(model, export_root, name, version, overwrite, xla=xla)

@@ -12,7 +12,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfzoo.generation import decode_loop, left_pad, next_token, sampler, validate_sampling
-from tfzoo.generation.decoding import round_up
+from tfzoo.generation.decoding import detokenize_rows, round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
 from tfzoo.tracking import Untracked
@@ -326,16 +326,8 @@ class GPT(keras.Model):
                 token_lists, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed
             )
         if strings:
-            return [self._detokenize(ids) for ids in new_tokens]
+            return detokenize_rows(self.tokenizer, new_tokens)
         return new_tokens
-
-    def _detokenize(self, token_ids):
-        if not token_ids:
-            return ""
-        text = self.tokenizer.detokenize([token_ids])[0]
-        if isinstance(text, tf.Tensor):
-            text = text.numpy()
-        return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
 
     def _generate_cached(self, token_lists, max_new_tokens, temperature, top_k, top_p,
                          stop_token_ids, seed, jit_compile):

@@ -24,7 +24,7 @@ from keras import ops
 
 from tfzoo.generation import decode_loop, sampler, validate_sampling
 from tfzoo.generation.beam_search import beam_search, tile_for_beams, validate_beam_search
-from tfzoo.generation.decoding import round_up
+from tfzoo.generation.decoding import detokenize_rows, round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place
 from tfzoo.tracking import Untracked
 from tfzoo.training.losses import checked_labels, smoothed_token_cross_entropy
@@ -632,15 +632,8 @@ class Seq2SeqTransformer(keras.Model):
                 tokens, lengths = tokens.numpy(), lengths.numpy()
                 outputs += [tokens[row, : lengths[row]].tolist() for row in range(len(chunk))]
         if strings:
-            return [self._detokenize(ids) for ids in outputs]
+            return detokenize_rows(self.target_tokenizer, outputs)
         return outputs
-
-    def _detokenize(self, token_ids):
-        if not token_ids:
-            return ""
-        text = self.target_tokenizer.detokenize(tf.ragged.constant([token_ids], dtype=tf.int32))[0]
-        text = text.numpy() if hasattr(text, "numpy") else text
-        return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
 
     def get_config(self):
         config = super().get_config()
