@@ -93,10 +93,10 @@ class GPTServingModule(tf.Module):
         return {"text": self.tokenizer.detokenize(new_ids), "token_ids": new_ids.to_tensor(0), "lengths": new_lengths}
 
     @staticmethod
-    def _left_pad(ragged, extra=0):
+    def _left_pad(ragged, extra=None):
         # Reverse each row, pad on the right (`extra` more columns than the longest row), reverse back.
         reversed_rows = tf.reverse(ragged, axis=[1]).to_tensor(0)
-        if extra is not 0:
+        if extra is not None:
             reversed_rows = tf.pad(reversed_rows, [[0, 0], [0, extra]])
         return tf.cast(tf.reverse(reversed_rows, axis=[1]), tf.int32)
 
