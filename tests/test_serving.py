@@ -69,7 +69,7 @@ def server(trained_gpt, tmp_path_factory):
     from tfzoo.export import export_saved_model
 
     root = str(tmp_path_factory.mktemp("serving"))
-    gpt_path = export_saved_model(trained_gpt, root, "gpt")
+    gpt_path = export_saved_model(trained_gpt, root, "gpt", xla=True)  # with the opt-in generate_xla
     classifier = tiny_classifier()
     first = export_saved_model(classifier, root, "classifier", label_names=["x", "y", "z"])
     latest = export_saved_model(classifier, root, "classifier", label_names=["p", "q", "r"])
@@ -109,6 +109,22 @@ def test_status_metadata_and_startup(server):
     status, body = request(f"{server.url}/v1/models/classifier/versions/1/metadata")
     assert status == 200 and body["model_spec"]["version"] == "1"
     assert body["metadata"]["signature_def"]["signature_def"]["classify"]["outputs"]["label"]["dtype"] == "DT_STRING"
+
+
+@pytest.mark.slow
+def test_generate_xla_over_http_matches_generate(server):
+    # tfzoo serve runs in TensorFlow, which has XLA: the opt-in signature serves as it is.
+    request_body = {"inputs": {"prompts": PROMPTS, "max_new_tokens": 12}}
+    answers = {}
+    for signature in ("generate", "generate_xla"):
+        status, body = request(predict_url(server, "gpt"), {"signature_name": signature, **request_body})
+        assert status == 200, body
+        answers[signature] = body["outputs"]
+    assert answers["generate_xla"] == answers["generate"]
+    assert any(length > 3 for length in answers["generate"]["lengths"])  # not a trivially empty comparison
+    status, body = request(predict_url(server, "gpt"), {
+        "signature_name": "generate_xla", "inputs": {"prompts": ["a " * 200], "max_new_tokens": 2}})
+    assert status == 400 and "longer than the model" in body["error"], body
 
 
 @pytest.mark.slow

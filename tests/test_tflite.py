@@ -309,6 +309,8 @@ def test_export_command_writes_tflite_and_checks_it(sentencepiece_gpt, tmp_path)
     assert again.returncode == 2 and "Version 1 of 'lm' already exists" in again.stderr
     wrong = run_cli("export", "--model", model_path, "--quantize", "int8", "--export-root", root)
     assert wrong.returncode == 2 and "--quantize int8 applies to --format tflite only" in wrong.stderr
+    no_xla = run_cli("export", "--model", model_path, "--format", "tflite", "--xla", "--export-root", root)
+    assert no_xla.returncode == 2 and "--xla applies to --format saved_model only" in no_xla.stderr
     shutil.rmtree(root)
 
 

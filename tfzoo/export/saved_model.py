@@ -22,8 +22,8 @@ lacks one, so optional settings get a signature of their own):
 Serving functions are traced without XLA: the stock TF Serving disables it. The opt-in
 `generate_xla` is for servers that run XLA (`tfzoo serve`, a TensorFlow Python process, TF
 Serving started with `--xla_cpu_compilation_enabled`): it decodes ~3x faster than
-`generate` on CPU (benchmarks/RESULTS.md), and each new (batch size, prompt bucket,
-output bucket) costs one XLA compilation (~2 s) the first time it is seen.
+`generate` on CPU (benchmarks/RESULTS.md), and each new bucket of batch size (a power of
+two), prompt and output length (multiples of 16) costs one XLA compilation (~2 s).
 """
 
 import os
@@ -133,17 +133,23 @@ class GPTServingModule(tf.Module):
         """`generate` with the decode loop compiled by XLA (tokenizing stays outside XLA).
 
         Prompt and output lengths are rounded up to multiples of 16, as in-process
-        `GPT.generate` does, so that nearby sizes share one compiled program.
+        `GPT.generate` does, and the batch up to a power of two, so that nearby sizes
+        share one compiled program (a server sees at most 7 batch sizes up to 64).
+        The filler rows repeat the first prompt: they stop when it stops, and rows never
+        see each other, so the real rows' tokens are unchanged.
         """
         ragged, lengths, prompt_length, max_new_tokens = self._prompt_ids(prompts, max_new_tokens)
         longest_allowed = self.model.max_sequence_length
         padded_length = tf.minimum(_round_up(prompt_length, 16), longest_allowed - max_new_tokens)
         capacity = tf.minimum(_round_up(max_new_tokens, 16), longest_allowed - padded_length)
+        batch_size = tf.shape(lengths)[0]
+        rows = tf.concat([tf.range(batch_size), tf.zeros([_next_power_of_two(batch_size) - batch_size], tf.int32)], 0)
+        padded = self._left_pad(ragged, padded_length - prompt_length)
         tokens, new_lengths = self._greedy_token_ids_xla(
-            self._left_pad(ragged, padded_length - prompt_length), padded_length - lengths, max_new_tokens,
+            tf.gather(padded, rows), tf.gather(padded_length - lengths, rows), max_new_tokens,
             tf.zeros([capacity], tf.int32),
         )
-        return self._outputs(tokens, new_lengths)
+        return self._outputs(tokens[:batch_size], new_lengths[:batch_size])
 
     def signatures(self):
         signatures = {
@@ -158,6 +164,14 @@ class GPTServingModule(tf.Module):
 
 def _round_up(value, multiple):
     return (value + multiple - 1) // multiple * multiple
+
+
+def _next_power_of_two(value):
+    """The smallest power of two `>= value` (an int32 tensor, 1 to 2**30), with bit operations only."""
+    smeared = value - 1
+    for shift in (1, 2, 4, 8, 16):  # copy the highest set bit into every lower one
+        smeared = tf.bitwise.bitwise_or(smeared, tf.bitwise.right_shift(smeared, shift))
+    return tf.maximum(smeared + 1, 1)
 
 
 class ClassifierServingModule(tf.Module):
