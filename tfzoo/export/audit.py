@@ -66,37 +66,43 @@ def _called_functions(node):
     return names
 
 
+def _reachable(starts, neighbours):
+    """Every item reached from `starts` by following `neighbours(item)`, the starts included."""
+    seen, pending = set(), list(starts)
+    while pending:
+        item = pending.pop()
+        if item not in seen:
+            seen.add(item)
+            pending += neighbours(item)
+    return seen
+
+
 def xla_signatures(path):
     """The signatures of a SavedModel that reach an `Xla*` op or a function compiled with XLA."""
     needing_xla = set()
     for meta_graph in _read_saved_model(path).meta_graphs:
         library = {function.signature.name: function for function in meta_graph.graph_def.library.function}
         graph_nodes = {node.name: node for node in meta_graph.graph_def.node}
+
+        def node_inputs(name):
+            node = graph_nodes.get(name)
+            return [source.lstrip("^").split(":")[0] for source in node.input] if node else []
+
+        def functions_called(name):
+            function = library.get(name)
+            return [called for node in function.node_def for called in _called_functions(node)] if function else []
+
+        def needs_xla(function):
+            must_compile = "_XlaMustCompile" in function.attr and function.attr["_XlaMustCompile"].b
+            return must_compile or any(node.op.startswith("Xla") for node in function.node_def)
+
         for signature_name, signature in meta_graph.signature_def.items():
-            # Walk back from the signature's outputs through the graph, then into every function called.
-            pending = [info.name.split(":")[0] for info in signature.outputs.values()]
-            seen_nodes, seen_functions, functions = set(), set(), []
-            while pending:
-                name = pending.pop()
-                if name in seen_nodes or name not in graph_nodes:
-                    continue
-                seen_nodes.add(name)
-                node = graph_nodes[name]
-                functions += _called_functions(node)
-                pending += [source.lstrip("^").split(":")[0] for source in node.input]
-            uses_xla = False
-            while functions:
-                name = functions.pop()
-                if name in seen_functions or name not in library:
-                    continue
-                seen_functions.add(name)
-                function = library[name]
-                if "_XlaMustCompile" in function.attr and function.attr["_XlaMustCompile"].b:
-                    uses_xla = True
-                for node in function.node_def:
-                    uses_xla = uses_xla or node.op.startswith("Xla")
-                    functions += _called_functions(node)
-            if uses_xla:
+            # Back from the signature's outputs through the graph, then into every function called.
+            nodes = _reachable([info.name.split(":")[0] for info in signature.outputs.values()], node_inputs)
+            first_calls = [called for name in nodes if name in graph_nodes
+                           for called in _called_functions(graph_nodes[name])]
+            functions = _reachable(first_calls, functions_called)
+            if any(needs_xla(library[name]) for name in functions if name in library):
                 needing_xla.add(signature_name)
     return sorted(needing_xla)
 

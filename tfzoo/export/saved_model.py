@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from tfzoo.export.layout import version_folder, write_models_config
 from tfzoo.generation import tensor_sampler
+from tfzoo.generation.decoding import round_up
 from tfzoo.layers.attention import cache_writes_in_place
 
 STRINGS = tf.TensorSpec([None], tf.string)
@@ -140,8 +141,8 @@ class GPTServingModule(tf.Module):
         """
         ragged, lengths, prompt_length, max_new_tokens = self._prompt_ids(prompts, max_new_tokens)
         longest_allowed = self.model.max_sequence_length
-        padded_length = tf.minimum(_round_up(prompt_length, 16), longest_allowed - max_new_tokens)
-        capacity = tf.minimum(_round_up(max_new_tokens, 16), longest_allowed - padded_length)
+        padded_length = tf.minimum(round_up(prompt_length, 16), longest_allowed - max_new_tokens)
+        capacity = tf.minimum(round_up(max_new_tokens, 16), longest_allowed - padded_length)
         batch_size = tf.shape(lengths)[0]
         rows = tf.concat([tf.range(batch_size), tf.zeros([_next_power_of_two(batch_size) - batch_size], tf.int32)], 0)
         padded = self._left_pad(ragged, padded_length - prompt_length)
@@ -160,10 +161,6 @@ class GPTServingModule(tf.Module):
         if self.xla:
             signatures["generate_xla"] = self.generate_xla.get_concrete_function()
         return signatures
-
-
-def _round_up(value, multiple):
-    return (value + multiple - 1) // multiple * multiple
 
 
 def _next_power_of_two(value):

@@ -6,7 +6,8 @@ from tfzoo.generation.sampling import sampler as make_sampler
 
 
 def round_up(value, multiple):
-    return -(-int(value) // multiple) * multiple
+    """`value` rounded up to a multiple of `multiple`: a Python int, or a tensor inside a graph."""
+    return (value + multiple - 1) // multiple * multiple
 
 
 def detokenize_rows(tokenizer, token_id_lists):
