@@ -9,11 +9,15 @@ no XLA) is split into cumulative stages, each a `tf.function` timed on its own:
 2. the forward pass (logits); 3. plus the loss; 4. plus the gradients;
 5. the whole `train_on_batch` step (plus the Adam update and Keras' bookkeeping).
 
+Then two `train_on_batch` steps run under the TensorFlow profiler, and the trace's wall
+time is split by kind of op (where ops run concurrently, each gets its share of the
+slice): the step's real matmuls against everything else, with no synthetic shapes.
+
 Greedy decoding (prompt 32 + 64 new, XLA) is set against a loop of the decoding step's
 matrix-vector products alone (every weight read once per new token), the floor that
 memory bandwidth sets at batch 1.
 
-    python benchmarks/profile_gpt.py            # about 3 minutes on 2 cores
+    python benchmarks/profile_gpt.py            # about 1.5 minutes on 2 cores
 """
 
 import argparse
@@ -111,6 +115,63 @@ def training_stages(system, model, batch, calls):
     }
 
 
+def op_kind(name):
+    """The row of the trace breakdown that a TensorFlow op event `node:OpType` counts in."""
+    op = name.rsplit(":", 1)[1]
+    if "MatMul" in op or "Einsum" in op:  # keras-hub's projections are einsums
+        return "matmuls (MatMul, BatchMatMul, Einsum)"
+    return "other TensorFlow ops (elementwise, reductions, transposes, Adam)"
+
+
+def traced_op_times(model, batch, steps=2):
+    """Wall milliseconds per step by `op_kind`, from a profiler trace of `train_on_batch`.
+
+    The trace's op events are swept in time order; a slice where several ops run is shared
+    among them, and a slice where none runs (XLA-compiled code, which has no per-op events,
+    or the framework) counts as "no TensorFlow op".
+    """
+    import glob
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    inputs, labels = batch
+    model.train_on_batch(inputs, labels)
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(steps):
+            model.train_on_batch(inputs, labels)
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as file:
+            space.ParseFromString(file.read())
+    events = []  # (start, end, kind) in ms
+    for plane in space.planes:
+        names = {key: value.name for key, value in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):  # the executor's op threads
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                # Op events are "node:OpType"; the executor's own spans enclose them.
+                if ":" in name and not name.startswith(("$", "ExecutorState", "CpuExecutable", "ThunkExecutor")):
+                    start = (line.timestamp_ns * 1e3 + event.offset_ps) / 1e9
+                    events.append((start, start + event.duration_ps / 1e9, op_kind(name)))
+    events.sort()
+    times = {}
+    boundaries = sorted({time for event in events for time in event[:2]})
+    running, next_event = [], 0
+    for begin, end in zip(boundaries, boundaries[1:]):
+        while next_event < len(events) and events[next_event][0] <= begin:
+            running.append(events[next_event])
+            next_event += 1
+        running = [event for event in running if event[1] > begin]
+        for event in running or [(0, 0, "no TensorFlow op (the XLA-compiled loss, the framework)")]:
+            times[event[2]] = times.get(event[2], 0.0) + (end - begin) / max(len(running), 1) / steps
+    return times
+
+
 def decode_floor(arguments, batch_size, new_tokens):
     """A compiled loop of `new_tokens` steps of the decoding step's matrix-vector products."""
     import tensorflow as tf
@@ -148,6 +209,7 @@ def main(argv=None):
     batch_size, length = settings["train_batch_size"], settings["train_sequence_length"]
     batches = bench_gpt.training_batches(settings, arguments["vocabulary_size"], count=1)
 
+    traced = {}  # system -> {op kind: ms per step}
     rows = {}  # the matmul floors are the same work for both systems: one measure each
     for stage, backward in (("matmuls alone (forward)", False), ("matmuls alone (forward + backward)", True)):
         seconds = median_seconds(matmul_floor(arguments, batch_size, length, backward), args.calls)
@@ -157,12 +219,26 @@ def main(argv=None):
         for stage, seconds in training_stages(system, model, batches[system][0], args.calls).items():
             rows.setdefault(stage, {})[system] = seconds
             log(f"  {system:9s} {stage:16s} {seconds * 1e3:7.1f} ms")
+        traced[system] = traced_op_times(model, batches[system][0])
 
     print(f"\nTraining step, batch {batch_size}x{length}, float32, no XLA: median ms of {args.calls} calls "
           "(each stage includes the ones above it)\n")
     print("| stage | tfzoo | keras-hub |\n|---|---:|---:|")
     for stage, values in rows.items():
         print(f"| {stage} | {values[TFZOO] * 1e3:.1f} | {values[KERAS_HUB] * 1e3:.1f} |")
+
+    print("\nThe same step under the TensorFlow profiler (2 steps): wall ms per step by kind of op\n")
+    print("| kind of op | tfzoo | keras-hub |\n|---|---:|---:|")
+    kinds = sorted({kind for times in traced.values() for kind in times}, key=lambda kind: -traced[TFZOO].get(kind, 0))
+    for kind in kinds + ["traced step"]:
+        cells = [sum(traced[system].values()) if kind == "traced step" else traced[system].get(kind, 0.0)
+                 for system in (TFZOO, KERAS_HUB)]
+        print(f"| {kind} | {cells[0]:.1f} | {cells[1]:.1f} |")
+    floor = rows["matmuls alone (forward + backward)"][TFZOO] * 1e3
+    budget = rows["train_on_batch"][KERAS_HUB] * 1e3 / 1.3
+    print(f"\n1.3x keras-hub's train_on_batch is a {budget:.0f} ms step; the step's matmuls alone take "
+          f"{floor:.0f} ms, leaving {budget - floor:.0f} ms for the rest (tfzoo's other work, traced: "
+          f"{sum(ms for kind, ms in traced[TFZOO].items() if 'matmul' not in kind):.0f} ms).")
 
     new_tokens = settings["new_tokens"]
     print(f"\nGreedy decoding, prompt {settings['prompt_length']} + {new_tokens} new, XLA: ms per new-token step\n")

@@ -34,3 +34,29 @@ def test_bench_bert_quick_mode_writes_ratios_and_targets(tmp_path):
     assert set(encode["systems"]) == {"tfzoo", "keras_hub"} and encode["systems"]["tfzoo"]["median"] > 0
     # The peak-memory children ran (their own processes) and reported a high-water mark.
     assert all(report["peak_memory"][system]["peak_bytes"] > 0 for system in ("tfzoo", "keras_hub"))
+
+
+def test_profile_trace_breakdown_attributes_a_matmul_heavy_step_to_matmuls():
+    # profile_gpt's trace breakdown on a step it can be checked against: one wide Dense
+    # layer on a tall batch, whose two products (34 GFLOP a step) dwarf its bias, loss and
+    # Adam update (4M parameters).
+    import time
+
+    import keras
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import profile_gpt
+
+    model = keras.Sequential([keras.Input((2048,)), keras.layers.Dense(2048)])
+    model.compile(optimizer="adam", loss="mse")
+    batch = (np.ones((2048, 2048), "float32"), np.zeros((2048, 2048), "float32"))
+    start = time.perf_counter()
+    times = profile_gpt.traced_op_times(model, batch, steps=2)
+    elapsed_per_step = (time.perf_counter() - start) / 2 * 1e3  # ms; includes an untraced warm-up step
+    matmuls = times["matmuls (MatMul, BatchMatMul, Einsum)"]
+    assert matmuls > 0.5 * sum(times.values()), times
+    # The breakdown is wall time: a traced step cannot add up to more than the call took.
+    assert 0 < sum(times.values()) < elapsed_per_step * 1.05, (times, elapsed_per_step)
+    assert profile_gpt.op_kind("model/dense/MatMul:_MklMatMul") == "matmuls (MatMul, BatchMatMul, Einsum)"
+    assert profile_gpt.op_kind("model/dense/BiasAdd:BiasAdd").startswith("other")
