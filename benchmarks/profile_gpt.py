@@ -160,7 +160,7 @@ def traced_op_times(model, batch, steps=2):
                     events.append((start, start + event.duration_ps / 1e9, op_kind(name)))
     events.sort()
     times = {}
-    boundaries = sorted({time for event in events for time in event[:2]})
+    boundaries = sorted({moment for event in events for moment in event[:2]})
     running, next_event = [], 0
     for begin, end in zip(boundaries, boundaries[1:]):
         while next_event < len(events) and events[next_event][0] <= begin:
