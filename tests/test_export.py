@@ -50,6 +50,33 @@ print(json.dumps({{"ids": ids, "texts": texts, "logits": logits.numpy().tolist()
     np.testing.assert_allclose(outputs["logits"], model(np.array([[5, 6, 7, 8]])), atol=1e-5)
 
 
+def test_export_still_serves_after_its_folder_is_moved(exported, tmp_path):
+    # A SavedModel is shipped by copying its folder: nothing in it may point back at the
+    # place it was written (a tokenizer file, an asset path). The original folder is moved
+    # away while the copy is loaded, so that a stale path would fail rather than still work.
+    model, root, path = exported
+    moved = str(tmp_path / "moved" / "gpt")
+    shutil.copytree(os.path.dirname(path), moved)
+    moved_version = os.path.join(moved, os.path.basename(path))
+    away = root + "_away"
+    os.rename(root, away)
+    try:
+        result = run_python(f"""
+import json
+import tensorflow as tf
+import tensorflow_text  # the tokenizer's ops
+loaded = tf.saved_model.load({moved_version!r})
+outputs = loaded.signatures["generate"](prompts=tf.constant({PROMPTS!r}), max_new_tokens=tf.constant(12))
+print(json.dumps([t.decode("utf-8") for t in outputs["text"].numpy()]))
+""")
+    finally:
+        os.rename(away, root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    texts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert texts == model.generate(PROMPTS, max_new_tokens=12)
+    assert all(texts)  # every prompt got text back: not a comparison of empty outputs
+
+
 def test_prompt_checks_run_before_the_generation_loop(exported):
     # Without the ordering, an over-long prompt sometimes fails in a gather instead ("indices[0,128]
     # = 128 is not in [0, 128)"): the server then answers with that instead of a helpful message.
