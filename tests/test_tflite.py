@@ -227,11 +227,20 @@ def test_classifier_and_encoder_take_raw_text(tmp_path):
           f"max probability difference {np.abs(int8['probabilities'] - probabilities).max():.4f}")
     assert np.abs(int8["probabilities"] - probabilities).max() < 0.1
 
-    encoder_interpreter = tflite_interpreter(model_content=convert_to_tflite(encoder))
+    encoder_float = convert_to_tflite(encoder)
+    encoder_interpreter = tflite_interpreter(model_content=encoder_float)
     embed = encoder_interpreter.get_signature_runner("embed")
     np.testing.assert_allclose(embed(text=np.array(texts, dtype=object))["embedding"], encoder.embed(texts), atol=1e-4)
     embed_ids = encoder_interpreter.get_signature_runner("embed_token_ids")
     np.testing.assert_allclose(embed_ids(token_ids=packed)["embedding"], encoder.embed(texts), atol=1e-4)
+    encoder_int8 = convert_to_tflite(encoder, quantize="int8")
+    int8_embed = tflite_interpreter(model_content=encoder_int8).get_signature_runner("embed")(
+        text=np.array(texts, dtype=object))["embedding"]
+    cosines = np.sum(int8_embed * encoder.embed(texts), axis=-1)  # both L2-normalized
+    print(f"TFLite encoder: float32 {len(encoder_float):,} bytes, int8 {len(encoder_int8):,} bytes; int8 "
+          f"embedding cosine to Keras {cosines.min():.6f} (lowest of {len(texts)})")
+    assert len(encoder_int8) < len(encoder_float)
+    assert cosines.min() > 0.99
     report = audit_tflite(os.path.join(path, TFLITE_FILE))
     assert report["ok"] and report["text"] == ["FastBertNormalize", "FastWordpieceTokenizeWithOffsets",
                                                "RaggedTensorToTensor"]
@@ -350,3 +359,15 @@ def test_translator_string_to_string_equals_generate(tmp_path):
     assert [row[:length].tolist() for row, length in zip(outputs["token_ids"], outputs["lengths"])] == expected_ids
     assert [text.decode("utf-8") for text in outputs["text"]] == model.generate(sources, max_new_tokens=12)
     assert sum(len(ids) for ids in expected_ids) > 6
+
+    # Dynamic-range int8: the same signature, smaller, and (on a model this small) mostly
+    # the same greedy tokens.
+    int8_model = convert_to_tflite(model, quantize="int8")
+    int8_outputs = tflite_interpreter(model_content=int8_model).get_signature_runner("translate")(
+        sources=np.array(sources, dtype=object), max_new_tokens=np.array(12, "int32"))
+    int8_ids = [row[:length].tolist() for row, length in zip(int8_outputs["token_ids"], int8_outputs["lengths"])]
+    same = np.mean([a == b for got, want in zip(int8_ids, expected_ids) for a, b in zip(got, want)])
+    print(f"\nTFLite translator: float32 {os.path.getsize(path):,} bytes, int8 {len(int8_model):,} bytes; "
+          f"int8 greedy tokens equal to Keras: {same:.2f}")
+    assert len(int8_model) < 0.8 * os.path.getsize(path)
+    assert same >= 0.6
