@@ -62,6 +62,11 @@ def token_lists(model, prompts):
     return [[int(token) for token in ids] for ids in model.tokenizer(prompts).to_list()]
 
 
+def token_agreement(got, expected):
+    """The fraction of positions (over each pair of rows' common length) where the tokens agree."""
+    return float(np.mean([a == b for got_row, want in zip(got, expected) for a, b in zip(got_row, want)]))
+
+
 @pytest.mark.slow
 def test_export_layout_and_signatures(gpt_export, interpreters):
     root, path = gpt_export
@@ -260,7 +265,7 @@ def test_a_byte_pair_gpt_gets_prefill_and_decode_but_no_text_signature(trained_g
     # Without a tokenizer inside, the file is mostly weights (int8: a quarter) plus the graph.
     int8_tokens = greedy_with_prefill_and_decode(tflite_interpreter(model_content=int8_model), prompts, 10,
                                                  end_token_id)
-    same = np.mean([a == b for got, want in zip(int8_tokens, expected) for a, b in zip(got, want)])
+    same = token_agreement(int8_tokens, expected)
     print(f"\nTFLite GPT without tokenizer: float32 {len(float_model):,} bytes, int8 {len(int8_model):,} bytes "
           f"(ratio {len(int8_model) / len(float_model):.2f}); int8 greedy tokens equal to Keras: {same:.2f}")
     assert len(int8_model) < 0.7 * len(float_model)  # 0.3 on gpt_tiny: see benchmarks/bench_tflite.py
@@ -366,7 +371,7 @@ def test_translator_string_to_string_equals_generate(tmp_path):
     int8_outputs = tflite_interpreter(model_content=int8_model).get_signature_runner("translate")(
         sources=np.array(sources, dtype=object), max_new_tokens=np.array(12, "int32"))
     int8_ids = [row[:length].tolist() for row, length in zip(int8_outputs["token_ids"], int8_outputs["lengths"])]
-    same = np.mean([a == b for got, want in zip(int8_ids, expected_ids) for a, b in zip(got, want)])
+    same = token_agreement(int8_ids, expected_ids)
     print(f"\nTFLite translator: float32 {os.path.getsize(path):,} bytes, int8 {len(int8_model):,} bytes; "
           f"int8 greedy tokens equal to Keras: {same:.2f}")
     assert len(int8_model) < 0.8 * os.path.getsize(path)
