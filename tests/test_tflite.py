@@ -62,6 +62,11 @@ def token_lists(model, prompts):
     return [[int(token) for token in ids] for ids in model.tokenizer(prompts).to_list()]
 
 
+def generated_ids(outputs):
+    """A text signature's `token_ids` rows cut to their `lengths`: lists like `generate`'s."""
+    return [row[:length].tolist() for row, length in zip(outputs["token_ids"], outputs["lengths"])]
+
+
 def token_agreement(got, expected):
     """The fraction of positions (over each pair of rows' common length) where the tokens agree."""
     return float(np.mean([a == b for got_row, want in zip(got, expected) for a, b in zip(got_row, want)]))
@@ -146,8 +151,7 @@ def test_string_to_string_signature_equals_generate(sentencepiece_gpt, interpret
     outputs = generate(prompts=np.array(PROMPTS, dtype=object), max_new_tokens=np.array(MAX_NEW_TOKENS, "int32"))
     texts = [text.decode("utf-8") for text in outputs["text"]]
     assert texts == model.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS)
-    ids = [row[:length].tolist() for row, length in zip(outputs["token_ids"], outputs["lengths"])]
-    assert ids == model.generate(token_lists(model, PROMPTS), max_new_tokens=MAX_NEW_TOKENS)
+    assert generated_ids(outputs) == model.generate(token_lists(model, PROMPTS), max_new_tokens=MAX_NEW_TOKENS)
     assert all(len(text) > 5 for text in texts)
 
     # max_new_tokens is honoured, and 0 gives empty strings.
@@ -235,13 +239,14 @@ def test_classifier_and_encoder_take_raw_text(tmp_path):
     encoder_float = convert_to_tflite(encoder)
     encoder_interpreter = tflite_interpreter(model_content=encoder_float)
     embed = encoder_interpreter.get_signature_runner("embed")
-    np.testing.assert_allclose(embed(text=np.array(texts, dtype=object))["embedding"], encoder.embed(texts), atol=1e-4)
+    keras_embedding = encoder.embed(texts)
+    np.testing.assert_allclose(embed(text=np.array(texts, dtype=object))["embedding"], keras_embedding, atol=1e-4)
     embed_ids = encoder_interpreter.get_signature_runner("embed_token_ids")
-    np.testing.assert_allclose(embed_ids(token_ids=packed)["embedding"], encoder.embed(texts), atol=1e-4)
+    np.testing.assert_allclose(embed_ids(token_ids=packed)["embedding"], keras_embedding, atol=1e-4)
     encoder_int8 = convert_to_tflite(encoder, quantize="int8")
     int8_embed = tflite_interpreter(model_content=encoder_int8).get_signature_runner("embed")(
         text=np.array(texts, dtype=object))["embedding"]
-    cosines = np.sum(int8_embed * encoder.embed(texts), axis=-1)  # both L2-normalized
+    cosines = np.sum(int8_embed * keras_embedding, axis=-1)  # both L2-normalized
     print(f"TFLite encoder: float32 {len(encoder_float):,} bytes, int8 {len(encoder_int8):,} bytes; int8 "
           f"embedding cosine to Keras {cosines.min():.6f} (lowest of {len(texts)})")
     assert len(encoder_int8) < len(encoder_float)
@@ -361,7 +366,7 @@ def test_translator_string_to_string_equals_generate(tmp_path):
     outputs = interpreter.get_signature_runner("translate")(
         sources=np.array(sources, dtype=object), max_new_tokens=np.array(12, "int32"))
     expected_ids = model.generate([[int(t) for t in ids] for ids in tokenizer(sources).to_list()], max_new_tokens=12)
-    assert [row[:length].tolist() for row, length in zip(outputs["token_ids"], outputs["lengths"])] == expected_ids
+    assert generated_ids(outputs) == expected_ids
     assert [text.decode("utf-8") for text in outputs["text"]] == model.generate(sources, max_new_tokens=12)
     assert sum(len(ids) for ids in expected_ids) > 6
 
@@ -370,8 +375,7 @@ def test_translator_string_to_string_equals_generate(tmp_path):
     int8_model = convert_to_tflite(model, quantize="int8")
     int8_outputs = tflite_interpreter(model_content=int8_model).get_signature_runner("translate")(
         sources=np.array(sources, dtype=object), max_new_tokens=np.array(12, "int32"))
-    int8_ids = [row[:length].tolist() for row, length in zip(int8_outputs["token_ids"], int8_outputs["lengths"])]
-    same = token_agreement(int8_ids, expected_ids)
+    same = token_agreement(generated_ids(int8_outputs), expected_ids)
     print(f"\nTFLite translator: float32 {os.path.getsize(path):,} bytes, int8 {len(int8_model):,} bytes; "
           f"int8 greedy tokens equal to Keras: {same:.2f}")
     assert len(int8_model) < 0.8 * os.path.getsize(path)
