@@ -5,10 +5,8 @@ floats for a batch of 16 x 256 over 8,192 tokens. TensorFlow's own softmax
 cross-entropy kernel spends ~140 ms on that on 2 CPU cores (forward and gradient); the
 same formula compiled with XLA, ~45 ms (benchmarks/profile_gpt.py measures the step
 stage by stage). Keras compiles a training step without XLA by default on CPU, so the
-loss here compiles itself: only this small function is handed to XLA, the rest of the
-step runs as before. The price is memory: the compiled loss and its gradient hold copies
-of the logits that TensorFlow's fused kernel does not (~490 MiB more at the peak of that
-batch's training step, benchmarks/RESULTS.md).
+loss here compiles itself: only its forward pass and its gradient, two small functions,
+are handed to XLA; the rest of the step runs as before.
 """
 
 import keras
@@ -16,7 +14,6 @@ import tensorflow as tf
 from keras import ops
 
 
-@tf.function(jit_compile=True)
 def token_cross_entropy(labels, logits):
     """Per-token `-log softmax(logits)[label]`, as `logsumexp(logits) - logits[label]`.
 
@@ -30,34 +27,56 @@ def token_cross_entropy(labels, logits):
     >>> round(float(token_cross_entropy(np.array([1], "int32"), logits)[0]), 4)  # -log 0.25
     1.3863
     """
-    return _smoothed_cross_entropy(labels, tf.cast(logits, tf.float32), tf.constant(0.0))
+    return _cross_entropy(labels, logits, 0.0)
 
 
-@tf.function(jit_compile=True)
 def smoothed_token_cross_entropy(labels, logits, label_smoothing):
     """Per-token cross-entropy against targets with `label_smoothing` spread evenly over
     the vocabulary: `(1 - e) * -log p[label] + e * mean_v(-log p[v])`, float32 `(...)`."""
-    return _smoothed_cross_entropy(labels, tf.cast(logits, tf.float32), tf.cast(label_smoothing, tf.float32))
+    return _cross_entropy(labels, logits, label_smoothing)
 
 
-@tf.custom_gradient
-def _smoothed_cross_entropy(labels, logits, label_smoothing):
-    # The gradient is written out, as TensorFlow's fused kernel does: softmax minus the
-    # target distribution, one pass over the logits. Left to autodiff, the label gather's
-    # gradient is a scatter, and a training step compiled whole with XLA then took
-    # minutes to compile and seconds a step.
+def _cross_entropy(labels, logits, label_smoothing):
+    # The forward pass and the gradient are two compiled functions joined here, outside
+    # XLA: a compiled function's outputs are new buffers, so one function holding both
+    # would hand its gradient a copy of the logits (the whole tensor, 134 MB for a batch
+    # of 16 x 256 over 8,192 tokens). Here the gradient reads the logits the model made.
+    labels = tf.convert_to_tensor(labels, tf.int32)
+    logits = tf.convert_to_tensor(logits)
+    label_smoothing = tf.convert_to_tensor(label_smoothing, tf.float32)
+
+    @tf.custom_gradient
+    def cross_entropy(logits):
+        loss, log_normalizer = _cross_entropy_forward(labels, logits, label_smoothing)
+
+        def gradient(upstream):
+            return _cross_entropy_gradient(labels, logits, log_normalizer, label_smoothing, upstream)
+
+        return loss, gradient
+
+    return cross_entropy(logits)
+
+
+@tf.function(jit_compile=True)
+def _cross_entropy_forward(labels, logits, label_smoothing):
+    logits = tf.cast(logits, tf.float32)  # also under mixed precision
     log_normalizer = tf.reduce_logsumexp(logits, axis=-1)
     chosen = tf.gather(logits, labels, batch_dims=len(labels.shape))
     loss = log_normalizer - (1.0 - label_smoothing) * chosen - label_smoothing * tf.reduce_mean(logits, axis=-1)
+    return loss, log_normalizer
 
-    def gradient(upstream):
-        vocabulary_size = tf.shape(logits)[-1]
-        targets = (1.0 - label_smoothing) * tf.one_hot(labels, vocabulary_size, dtype=logits.dtype)
-        targets += label_smoothing / tf.cast(vocabulary_size, logits.dtype)
-        probabilities = tf.exp(logits - log_normalizer[..., None])
-        return None, upstream[..., None] * (probabilities - targets), None
 
-    return loss, gradient
+@tf.function(jit_compile=True)
+def _cross_entropy_gradient(labels, logits, log_normalizer, label_smoothing, upstream):
+    # Written out, as TensorFlow's fused kernel does: softmax minus the target
+    # distribution, one pass over the logits. Left to autodiff, the label gather's
+    # gradient is a scatter, and a training step compiled whole with XLA then took
+    # minutes to compile and seconds a step.
+    vocabulary_size = tf.shape(logits)[-1]
+    targets = (1.0 - label_smoothing) * tf.one_hot(labels, vocabulary_size, dtype=tf.float32)
+    targets += label_smoothing / tf.cast(vocabulary_size, tf.float32)
+    probabilities = tf.exp(tf.cast(logits, tf.float32) - log_normalizer[..., None])
+    return tf.cast(upstream[..., None] * (probabilities - targets), logits.dtype)
 
 
 def checked_labels(labels, logits):
