@@ -16,6 +16,7 @@ import pytest
 
 from tests.helpers import REPO, run_cli
 from tfzoo.training import latest_checkpoint
+from tfzoo.training.distribute import cpu_flags
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,10 @@ def quick_run(tmp_path_factory):
     """One `tfzoo train gpt --quick` run, shared by the tests that read what it wrote."""
     folder = tmp_path_factory.mktemp("quick")
     run_dir, export_root = str(folder / "run"), str(folder / "savedmodels")
-    result = run_cli("train", "gpt", "--quick", "--run-dir", run_dir, "--export-root", export_root)
+    # --precision auto: float32 here unless the CPU computes bfloat16 (then the whole path,
+    # export included, runs under mixed_bfloat16; it was run so on an AVX2 machine too).
+    result = run_cli("train", "gpt", "--quick", "--precision", "auto", "--run-dir", run_dir,
+                     "--export-root", export_root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run_dir, export_root, result.stdout
 
@@ -33,6 +37,8 @@ def quick_run(tmp_path_factory):
 def test_quick_training_checkpoints_exports_and_generates(quick_run):
     run_dir, export_root, stdout = quick_run
     assert "Python standard library docstrings" in stdout
+    precision = "mixed_bfloat16" if cpu_flags() & {"amx_bf16", "avx512_bf16"} else "float32"
+    assert f"precision {precision} (chosen by auto)" in stdout
     # One checkpoint per epoch (5 steps each), named by optimizer step.
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["step_0000005.keras", "step_0000010.keras"]
     assert os.path.isfile(os.path.join(run_dir, "model.keras"))

@@ -20,7 +20,9 @@ import tensorflow as tf
 from tests.helpers import REPO, run_python
 from tfzoo import GPT
 from tfzoo.training import distribute
-from tfzoo.training.distribute import get_strategy, global_batch_size, read_tf_config, set_precision
+from tfzoo.training.distribute import (
+    cpu_flags, get_strategy, global_batch_size, read_tf_config, resolve_precision, set_precision,
+)
 
 WORKER = os.path.join(REPO, "tests", "distributed_worker.py")
 PROCESS_TIMEOUT = 240  # seconds; a run takes 15-40 s on 2 busy cores
@@ -149,19 +151,57 @@ def restore_precision():
 
 
 def test_gpt_trains_under_mixed_bfloat16_with_float32_logits(restore_precision):
-    assert set_precision("mixed_bfloat16") == "float32"
-    model = GPT.from_preset("gpt_test")
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=[])
-    model.build()
+    windows = np.tile(np.arange(5, 45), 30)[: 32 * 33].reshape(32, 33)
+
+    def train(precision):
+        set_precision(precision)
+        keras.utils.set_random_seed(0)
+        model = GPT.from_preset("gpt_test")
+        model.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=[])
+        model.build()
+        history = model.fit(windows[:, :-1], windows[:, 1:], epochs=3, batch_size=8, shuffle=False, verbose=0)
+        return model, history.history["loss"]
+
+    reference_model, reference = train("float32")
+    assert keras.config.dtype_policy().name == "float32"
+    model, losses = train("mixed_bfloat16")
+    assert set_precision("float32") == "mixed_bfloat16"
     assert model.compute_dtype == "bfloat16" and model.variable_dtype == "float32"
     assert {w.dtype for w in model.weights} == {"float32"}
-    windows = np.tile(np.arange(5, 45), 30)[: 32 * 33].reshape(32, 33)
-    history = model.fit(windows[:, :-1], windows[:, 1:], epochs=3, batch_size=8, verbose=0)
-    losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0] - 1.0, losses
+    # The same start and batches: bfloat16 arithmetic ends where float32 does.
+    np.testing.assert_allclose(losses, reference, rtol=0.01)  # measured: within 0.03%
     logits = model(windows[:2, :-1])
     assert logits.dtype == "float32" and logits.shape == (2, 32, 512)
-    assert set_precision("float32") == "mixed_bfloat16"
+
+
+@pytest.mark.parametrize("flags, policy", [
+    ({"avx2", "fma"}, "float32"),
+    ({"avx512f", "avx512_bf16"}, "mixed_bfloat16"),
+    ({"amx_tile", "amx_bf16"}, "mixed_bfloat16"),
+    (set(), "float32"),
+])
+def test_auto_precision_is_bfloat16_where_the_cpu_computes_it(restore_precision, flags, policy):
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("with a GPU, auto is float32 whatever the CPU")
+    assert resolve_precision("auto", flags=flags) == policy
+    assert resolve_precision("mixed_float16", flags=flags) == "mixed_float16"  # a name is kept
+
+
+def test_auto_precision_reads_the_cpu_flags(restore_precision, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 amx_bf16\n\n"
+                       "processor\t: 1\nflags\t\t: fpu sse2 avx2 amx_bf16\n")
+    assert cpu_flags(str(cpuinfo)) == {"fpu", "sse2", "avx2", "amx_bf16"}
+    assert cpu_flags(str(tmp_path / "missing")) == set()
+    machine = cpu_flags()  # this machine's own /proc/cpuinfo
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("with a GPU, auto is float32 whatever the CPU")
+    set_precision("auto")
+    expected = "mixed_bfloat16" if machine & {"amx_bf16", "avx512_bf16"} else "float32"
+    assert keras.config.dtype_policy().name == expected
+    with pytest.raises(ValueError, match="Unknown precision 'bf16'.*auto"):
+        set_precision("bf16")
 
 
 def test_mixed_float16_scales_the_loss_and_bad_names_fail(restore_precision):

@@ -34,6 +34,7 @@ def _add_sampling(parser):
 
 
 def build_parser():
+    from tfzoo.training.distribute import PRECISIONS
     from tfzoo.training.recipes import GPTTrainingConfig
 
     defaults = GPTTrainingConfig()
@@ -64,8 +65,10 @@ def build_parser():
     gpt.add_argument("--devices", type=_devices,
                      help="mirrored: number of replicas (GPUs, or logical CPUs to split the CPU into); "
                           "tpu: the TPU's name or address")
-    gpt.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
-                     help="mixed_bfloat16 for CPU/TPU, mixed_float16 (with loss scaling) for GPU")
+    gpt.add_argument("--precision", choices=PRECISIONS,
+                     help="mixed_bfloat16 for CPU/TPU, mixed_float16 (with loss scaling) for GPU; auto: "
+                          "mixed_bfloat16 on a TPU or a CPU with AMX or AVX512-BF16, else float32 "
+                          "(default float32)")
     gpt.add_argument("--export-root", default="savedmodels", help="SavedModel export root")
     gpt.add_argument("--name", default="gpt", help="exported model name")
     gpt.add_argument("--no-export", action="store_true", help="skip the SavedModel export")

@@ -7,6 +7,7 @@ from tfzoo.training.distribute import (
     get_strategy,
     global_batch_size,
     needs_static_shapes,
+    resolve_precision,
     set_precision,
     split_cpu,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "global_batch_size",
     "latest_checkpoint",
     "needs_static_shapes",
+    "resolve_precision",
     "restore_latest",
     "set_precision",
     "split_cpu",

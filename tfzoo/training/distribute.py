@@ -25,7 +25,12 @@ import keras
 import tensorflow as tf
 
 STRATEGIES = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
+# CPU features (as Linux names them in /proc/cpuinfo) that compute bfloat16 matmuls in
+# hardware. Without them bfloat16 is emulated and mixed_bfloat16 gains nothing on a CPU
+# (benchmarks/RESULTS.md: tfzoo's training step 1.4-1.5x faster with AMX or AVX512-BF16,
+# 0.97x with AVX2 only).
+NATIVE_BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 # ---------------------------------------------------------------------------- devices
@@ -256,18 +261,62 @@ def describe_strategy(strategy):
 
 
 # ---------------------------------------------------------------------------- precision
-def set_precision(precision):
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's feature flags as Linux lists them in `cpuinfo`; an empty set where there is none.
+
+    Example:
+    >>> isinstance(cpu_flags(), set)
+    True
+    """
+    try:
+        with open(cpuinfo) as file:
+            for line in file:
+                name, _, value = line.partition(":")
+                if name.strip() == "flags":
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision, strategy=None, flags=None):
+    """The dtype policy that `precision` names here: "auto" becomes one of the others.
+
+    "auto" is "mixed_bfloat16" under a TPU strategy, and on a machine without GPUs whose
+    CPU computes bfloat16 in hardware (`NATIVE_BFLOAT16_CPU_FLAGS`, read from `flags` or
+    /proc/cpuinfo); "float32" otherwise (GPUs included: not measured here). Other names
+    are returned as they are.
+
+    Example:
+    >>> resolve_precision("auto", flags={"avx2", "fma"})
+    'float32'
+    >>> resolve_precision("auto", flags={"avx512f", "avx512_bf16"})
+    'mixed_bfloat16'
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}. Valid precisions: {', '.join(PRECISIONS)}.")
+    if precision != "auto":
+        return precision
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "mixed_bfloat16"
+    if tf.config.list_physical_devices("GPU"):
+        return "float32"
+    flags = cpu_flags() if flags is None else set(flags)
+    return "mixed_bfloat16" if flags & set(NATIVE_BFLOAT16_CPU_FLAGS) else "float32"
+
+
+def set_precision(precision, strategy=None):
     """Sets Keras' global dtype policy; returns the previous policy's name (to restore it).
 
     "mixed_bfloat16" (TPUs, recent CPUs and GPUs) and "mixed_float16" (GPUs; `compile`
     then wraps the optimizer in a LossScaleOptimizer) compute in 16 bits and keep the
-    variables in float32; "float32" is the default. Call it before creating the model.
-    tfzoo models return float32 logits under every policy.
+    variables in float32; "float32" is the default; "auto" picks one for this machine
+    and `strategy` (see `resolve_precision`). Call it before creating the model. tfzoo
+    models return float32 logits under every policy.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}. Valid precisions: {', '.join(PRECISIONS)}.")
+    policy = resolve_precision(precision, strategy)
     previous = keras.config.dtype_policy().name
-    keras.config.set_dtype_policy(precision)
+    keras.config.set_dtype_policy(policy)
     return previous
 
 

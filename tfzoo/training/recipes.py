@@ -18,6 +18,7 @@ from tfzoo.training.distribute import (
     global_batch_size,
     needs_static_shapes,
     read_tf_config,
+    resolve_precision,
     set_precision,
 )
 
@@ -46,7 +47,7 @@ class GPTTrainingConfig:
     seed: int = 0
     strategy: str = "auto"  # a name for tfzoo.training.get_strategy: auto, cpu, mirrored, multi_worker, tpu
     devices: object = None  # for mirrored: replicas (GPUs, or logical CPUs); for tpu: its name
-    precision: str = "float32"  # or mixed_bfloat16 (CPU, TPU), mixed_float16 (GPU, with loss scaling)
+    precision: str = "float32"  # or mixed_bfloat16 (CPU, TPU), mixed_float16 (GPU, with loss scaling), auto
 
 
 def _check(config):
@@ -82,14 +83,16 @@ def train_gpt(config, log=print):
     _check(config)
     # The strategy first: some configure the runtime, which must happen before any op.
     strategy = get_strategy(config.strategy, config.devices)
-    set_precision(config.precision)
+    precision = resolve_precision(config.precision, strategy)
+    set_precision(precision)
     keras.utils.set_random_seed(config.seed)  # the same seed on every worker: the same shuffles
     checkpoint_dir = os.path.join(config.run_dir, "checkpoints")
     # Every worker reads the chief's checkpoints; only the chief writes into run_dir.
     run_dir = config.run_dir if _is_chief(config.strategy) else tempfile.mkdtemp(prefix="tfzoo_worker_")
     write_dir = os.path.join(run_dir, "checkpoints")
     os.makedirs(run_dir, exist_ok=True)
-    log(f"strategy: {describe_strategy(strategy)}; precision {config.precision}")
+    chosen = " (chosen by auto)" if config.precision == "auto" else ""
+    log(f"strategy: {describe_strategy(strategy)}; precision {precision}{chosen}")
 
     texts = read_text_files(config.corpus) if config.corpus else python_docstrings(config.max_corpus_characters)
     log(f"corpus: {len(texts)} documents, {sum(len(t) for t in texts):,} characters"
