@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import REPO, run_cli
 from tfzoo.training import latest_checkpoint
-from tfzoo.training.distribute import cpu_flags
+from tfzoo.training.distribute import NATIVE_BFLOAT16_CPU_FLAGS, cpu_flags
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def quick_run(tmp_path_factory):
 def test_quick_training_checkpoints_exports_and_generates(quick_run):
     run_dir, export_root, stdout = quick_run
     assert "Python standard library docstrings" in stdout
-    precision = "mixed_bfloat16" if cpu_flags() & {"amx_bf16", "avx512_bf16"} else "float32"
+    precision = "mixed_bfloat16" if cpu_flags() & set(NATIVE_BFLOAT16_CPU_FLAGS) else "float32"
     assert f"precision {precision} (chosen by auto)" in stdout
     # One checkpoint per epoch (5 steps each), named by optimizer step.
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["step_0000005.keras", "step_0000010.keras"]

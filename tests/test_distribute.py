@@ -198,7 +198,7 @@ def test_auto_precision_reads_the_cpu_flags(restore_precision, tmp_path):
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("with a GPU, auto is float32 whatever the CPU")
     set_precision("auto")
-    expected = "mixed_bfloat16" if machine & {"amx_bf16", "avx512_bf16"} else "float32"
+    expected = "mixed_bfloat16" if machine & set(distribute.NATIVE_BFLOAT16_CPU_FLAGS) else "float32"
     assert keras.config.dtype_policy().name == expected
     with pytest.raises(ValueError, match="Unknown precision 'bf16'.*auto"):
         set_precision("bf16")

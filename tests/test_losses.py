@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers import run_python
 from tfzoo.training.losses import Perplexity, SparseCrossEntropy, smoothed_token_cross_entropy, token_cross_entropy
 
 
@@ -240,8 +241,7 @@ def test_the_compiled_loss_holds_no_extra_copy_of_the_logits():
     # When one compiled function held the loss and its gradient, its outputs handed the
     # gradient new copies of the logits: ~3 logits-sized buffers more than TensorFlow's
     # kernel at the step's peak (+260 MiB for 128 MiB of logits, measured).
-    result = subprocess.run([sys.executable, "-c", LOSS_MEMORY], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = run_python(LOSS_MEMORY, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-2000:]
     peaks = {name: float(value) for name, value in (line.split() for line in result.stdout.splitlines())}
     logits_mib = 8 * 256 * 8192 * 4 / 2**20

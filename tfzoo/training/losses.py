@@ -41,7 +41,7 @@ def _cross_entropy(labels, logits, label_smoothing):
     # XLA: a compiled function's outputs are new buffers, so one function holding both
     # would hand its gradient a copy of the logits (the whole tensor, 134 MB for a batch
     # of 16 x 256 over 8,192 tokens). Here the gradient reads the logits the model made.
-    labels = tf.convert_to_tensor(labels, tf.int32)
+    labels = tf.convert_to_tensor(labels)
     logits = tf.convert_to_tensor(logits)
     label_smoothing = tf.convert_to_tensor(label_smoothing, tf.float32)
 
