@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import REPO, run_cli
 from tfzoo.training import latest_checkpoint
-from tfzoo.training.distribute import NATIVE_BFLOAT16_CPU_FLAGS, cpu_flags
+from tfzoo.training.distribute import resolve_precision
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,7 @@ def quick_run(tmp_path_factory):
 def test_quick_training_checkpoints_exports_and_generates(quick_run):
     run_dir, export_root, stdout = quick_run
     assert "Python standard library docstrings" in stdout
-    precision = "mixed_bfloat16" if cpu_flags() & set(NATIVE_BFLOAT16_CPU_FLAGS) else "float32"
-    assert f"precision {precision} (chosen by auto)" in stdout
+    assert f"precision {resolve_precision('auto')} (chosen by auto)" in stdout
     # One checkpoint per epoch (5 steps each), named by optimizer step.
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["step_0000005.keras", "step_0000010.keras"]
     assert os.path.isfile(os.path.join(run_dir, "model.keras"))

@@ -162,7 +162,7 @@ def test_gpt_trains_under_mixed_bfloat16_with_float32_logits(restore_precision):
         history = model.fit(windows[:, :-1], windows[:, 1:], epochs=3, batch_size=8, shuffle=False, verbose=0)
         return model, history.history["loss"]
 
-    reference_model, reference = train("float32")
+    _, reference = train("float32")
     assert keras.config.dtype_policy().name == "float32"
     model, losses = train("mixed_bfloat16")
     assert set_precision("float32") == "mixed_bfloat16"
