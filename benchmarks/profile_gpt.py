@@ -13,16 +13,22 @@ Then two `train_on_batch` steps run under the TensorFlow profiler, and the trace
 time is split by kind of op (where ops run concurrently, each gets its share of the
 slice): the step's real matmuls against everything else, with no synthetic shapes.
 
+The same step compiled whole with XLA is traced too, in a child process per library
+started with XLA's per-op events switched on: its time splits into XLA's dots, its other
+ops (fusions) and time with no XLA op running.
+
 Greedy decoding (prompt 32 + 64 new, XLA) is set against a loop of the decoding step's
 matrix-vector products alone (every weight read once per new token), the floor that
 memory bandwidth sets at batch 1.
 
-    python benchmarks/profile_gpt.py            # about 1.5 minutes on 2 cores
+    python benchmarks/profile_gpt.py            # about 4 minutes on 2 cores
 """
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -123,13 +129,8 @@ def op_kind(name):
     return "other TensorFlow ops (elementwise, reductions, transposes, Adam)"
 
 
-def traced_op_times(model, batch, steps=2):
-    """Wall milliseconds per step by `op_kind`, from a profiler trace of `train_on_batch`.
-
-    The trace's op events are swept in time order; a slice where several ops run is shared
-    among them, and a slice where none runs (XLA-compiled code, which has no per-op events,
-    or the framework) counts as "no TensorFlow op".
-    """
+def profiled_space(model, batch, steps):
+    """The profiler's trace (an `XSpace`) of `steps` `train_on_batch` calls after one untraced."""
     import glob
     import tempfile
 
@@ -146,6 +147,17 @@ def traced_op_times(model, batch, steps=2):
         space = xplane_pb2.XSpace()
         with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as file:
             space.ParseFromString(file.read())
+    return space
+
+
+def traced_op_times(model, batch, steps=2):
+    """Wall milliseconds per step by `op_kind`, from a profiler trace of `train_on_batch`.
+
+    The trace's op events are swept in time order; a slice where several ops run is shared
+    among them, and a slice where none runs (XLA-compiled code, which has no per-op events,
+    or the framework) counts as "no TensorFlow op".
+    """
+    space = profiled_space(model, batch, steps)
     events = []  # (start, end, kind) in ms
     for plane in space.planes:
         names = {key: value.name for key, value in plane.event_metadata.items()}
@@ -158,7 +170,16 @@ def traced_op_times(model, batch, steps=2):
                 if ":" in name and not name.startswith(("$", "ExecutorState", "CpuExecutable", "ThunkExecutor")):
                     start = (line.timestamp_ns * 1e3 + event.offset_ps) / 1e9
                     events.append((start, start + event.duration_ps / 1e9, op_kind(name)))
-    events.sort()
+    return shared_wall_time(events, steps, "no TensorFlow op (the XLA-compiled loss, the framework)")
+
+
+def shared_wall_time(events, steps, idle_kind):
+    """Wall ms per step by kind, from `(start, end, kind)` events in ms.
+
+    The events are swept in time order; a slice where several run is shared among them,
+    and a slice where none runs counts as `idle_kind`, so the kinds add up to the trace.
+    """
+    events = sorted(events)
     times = {}
     boundaries = sorted({moment for event in events for moment in event[:2]})
     running, next_event = [], 0
@@ -167,9 +188,65 @@ def traced_op_times(model, batch, steps=2):
             running.append(events[next_event])
             next_event += 1
         running = [event for event in running if event[1] > begin]
-        for event in running or [(0, 0, "no TensorFlow op (the XLA-compiled loss, the framework)")]:
+        for event in running or [(0, 0, idle_kind)]:
             times[event[2]] = times.get(event[2], 0.0) + (end - begin) / max(len(running), 1) / steps
     return times
+
+
+# XLA's CPU runtime emits an event per compiled op only when asked to, before TensorFlow starts.
+XLA_TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
+XLA_DOTS = "dots (XLA's matrix products)"
+
+
+def xla_op_kind(name):
+    """The row an XLA CPU op event counts in: its dots (named after the TensorFlow op they
+    came from, `MatMul.180`, or `dot.4`), or the rest (fusions of elementwise work and
+    reductions, copies, scatters)."""
+    base = name.rsplit(".", 1)[0]
+    if "fusion" not in base and (base == "dot" or base.startswith(("MatMul", "BatchMatMul", "Einsum"))):
+        return XLA_DOTS
+    return "fusions and other XLA ops (elementwise, reductions, copies, Adam)"
+
+
+def traced_xla_op_times(model, batch, steps=2):
+    """Wall ms per step by `xla_op_kind`, from a profiler trace of an XLA-compiled
+    `train_on_batch` (the process must have started with `XLA_TRACE_FLAG` in XLA_FLAGS).
+
+    Each op has a start event and an `end: op` event; the runtime runs some (large dots)
+    asynchronously, so an op spans from its start to its end event, which may come later
+    on another thread.
+    """
+    space = profiled_space(model, batch, steps)
+    events, started = [], {}
+    for plane in space.planes:
+        names = {key: value.name for key, value in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_numa"):  # the threads XLA's code runs on
+                continue
+            for event in line.events:
+                start = (line.timestamp_ns * 1e3 + event.offset_ps) / 1e9
+                started.setdefault(names.get(event.metadata_id, ""), []).append(start)
+    for name, starts in started.items():
+        if "::" in name or name.startswith("end: ") or not name:  # the runtime's own spans
+            continue
+        ends = sorted(started.get("end: " + name, []))
+        for start, end in zip(sorted(starts), ends):
+            events.append((start, end, xla_op_kind(name)))
+    if not events:
+        raise RuntimeError(f"The trace holds no XLA op events: start Python with XLA_FLAGS={XLA_TRACE_FLAG}.")
+    return shared_wall_time(events, steps, "no XLA op (the framework, waiting)")
+
+
+def xla_trace_in_child(system):
+    """`traced_xla_op_times` of `system`'s XLA-compiled training step, from a fresh process."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TRACE_FLAG}".strip()
+    completed = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--xla-trace-child", system],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "XLA_FLAGS": flags},
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"The XLA trace of {system} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def decode_floor(arguments, batch_size, new_tokens):
@@ -201,12 +278,20 @@ def decode_floor(arguments, batch_size, new_tokens):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=5, help="timed calls per stage (median reported)")
+    parser.add_argument("--xla-trace-child", choices=(TFZOO, KERAS_HUB), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    log = Logger()
-    info = machine_info()
     settings = bench_gpt.SETTINGS["full"]
     arguments = bench_gpt.model_arguments(settings["preset"])
     batch_size, length = settings["train_batch_size"], settings["train_sequence_length"]
+    if args.xla_trace_child:  # in a process started with XLA's per-op events on
+        system = args.xla_trace_child
+        batch = bench_gpt.training_batches(settings, arguments["vocabulary_size"], count=1)[system][0]
+        model = bench_gpt.compile_model(system, bench_gpt.build(system, settings["preset"], seed=0), True)
+        model.train_on_batch(*batch)  # compiles
+        print(json.dumps(traced_xla_op_times(model, batch)))
+        return
+    log = Logger()
+    info = machine_info()
     batches = bench_gpt.training_batches(settings, arguments["vocabulary_size"], count=1)
 
     traced = {}  # system -> {op kind: ms per step}
@@ -239,6 +324,23 @@ def main(argv=None):
     print(f"\n1.3x keras-hub's train_on_batch is a {budget:.0f} ms step; the step's matmuls alone take "
           f"{floor:.0f} ms, leaving {budget - floor:.0f} ms for the rest (tfzoo's other work, traced: "
           f"{sum(ms for kind, ms in traced[TFZOO].items() if 'matmul' not in kind):.0f} ms).")
+
+    # The same step compiled whole with XLA, traced in a child process each: XLA's per-op
+    # events must be switched on before TensorFlow starts, and they would slow the
+    # decoding loops timed below.
+    xla_traced = {system: xla_trace_in_child(system) for system in (TFZOO, KERAS_HUB)}
+    step_flops = bench_gpt.training_flops_per_token(settings) * batch_size * length
+    print("\nThe same step compiled whole with XLA (`jit_compile=True`), traced (2 steps): wall ms per "
+          "step by kind of XLA op\n")
+    print("| kind of op | tfzoo | keras-hub |\n|---|---:|---:|")
+    kinds = sorted({kind for times in xla_traced.values() for kind in times}, key=lambda kind: -xla_traced[TFZOO][kind])
+    for kind in kinds + ["traced step"]:
+        cells = [sum(xla_traced[system].values()) if kind == "traced step" else xla_traced[system].get(kind, 0.0)
+                 for system in (TFZOO, KERAS_HUB)]
+        print(f"| {kind} | {cells[0]:.1f} | {cells[1]:.1f} |")
+    dots = [step_flops / (xla_traced[system][XLA_DOTS] / 1e3) / 1e9 for system in (TFZOO, KERAS_HUB)]
+    print(f"\nThe step's {step_flops / 1e9:.1f} GFLOP of model FLOPs over its dots' time: tfzoo {dots[0]:.0f}, "
+          f"keras-hub {dots[1]:.0f} GFLOP/s.")
 
     new_tokens = settings["new_tokens"]
     print(f"\nGreedy decoding, prompt {settings['prompt_length']} + {new_tokens} new, XLA: ms per new-token step\n")

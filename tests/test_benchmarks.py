@@ -60,3 +60,45 @@ def test_profile_trace_breakdown_attributes_a_matmul_heavy_step_to_matmuls():
     assert 0 < sum(times.values()) < elapsed_per_step * 1.05, (times, elapsed_per_step)
     assert profile_gpt.op_kind("model/dense/MatMul:_MklMatMul") == "matmuls (MatMul, BatchMatMul, Einsum)"
     assert profile_gpt.op_kind("model/dense/BiasAdd:BiasAdd").startswith("other")
+
+
+def test_profile_xla_trace_breakdown_attributes_a_matmul_heavy_step_to_dots():
+    # The XLA-compiled counterpart, in a fresh process: XLA emits its per-op events only
+    # when the flag is set before TensorFlow starts. Same wide Dense step, compiled whole.
+    code = f"""
+import json, sys, time
+sys.path.insert(0, {os.path.join(REPO, "benchmarks")!r})
+import keras, numpy as np
+import profile_gpt
+model = keras.Sequential([keras.Input((2048,)), keras.layers.Dense(2048)])
+model.compile(optimizer="adam", loss="mse", jit_compile=True)
+batch = (np.ones((2048, 2048), "float32"), np.zeros((2048, 2048), "float32"))
+model.train_on_batch(*batch)  # compiles
+start = time.perf_counter()
+times = profile_gpt.traced_xla_op_times(model, batch, steps=2)
+print(json.dumps({{"times": times, "elapsed_per_step": (time.perf_counter() - start) / 2 * 1e3}}))
+"""
+    from tests.helpers import run_python
+
+    result = run_python(code, timeout=300, env={"XLA_FLAGS": "--xla_cpu_enable_xprof_traceme=true",
+                                                "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    times = report["times"]
+    # The two products (forward, kernel gradient; the input needs none): 34 GFLOP a step.
+    assert times["dots (XLA's matrix products)"] > 0.5 * sum(times.values()), times
+    assert 0 < sum(times.values()) < report["elapsed_per_step"] * 1.05, report
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import keras
+    import numpy as np
+    import profile_gpt
+
+    assert profile_gpt.xla_op_kind("MatMul.180") == profile_gpt.XLA_DOTS == profile_gpt.xla_op_kind("dot.4")
+    assert profile_gpt.xla_op_kind("subtract_exponential_fusion") != profile_gpt.XLA_DOTS
+    assert profile_gpt.xla_op_kind("MatMul_fusion.3") != profile_gpt.XLA_DOTS
+    # Without the flag (this process) there are no XLA op events: a clear error, not zeros.
+    if profile_gpt.XLA_TRACE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8)])
+        model.compile(optimizer="adam", loss="mse", jit_compile=True)
+        with pytest.raises(RuntimeError, match="no XLA op events"):
+            profile_gpt.traced_xla_op_times(model, (np.ones((4, 8), "float32"), np.zeros((4, 8), "float32")))
