@@ -35,13 +35,16 @@ def test_token_cross_entropy_is_the_formula(batch):
     np.testing.assert_allclose(token_cross_entropy(labels, logits), expected, rtol=1e-5)
 
 
+# A Python number is traced as a constant (no smoothing: no passes for it); a tensor is not.
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["python", "tensor"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
-def test_smoothed_cross_entropy_is_the_formula(batch, smoothing):
+def test_smoothed_cross_entropy_is_the_formula(batch, smoothing, as_tensor):
     labels, logits, _ = batch
     log_probs = log_softmax_np(logits)
     chosen = np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
     expected = -(1 - smoothing) * chosen - smoothing * log_probs.mean(-1)
-    np.testing.assert_allclose(smoothed_token_cross_entropy(labels, logits, smoothing), expected, rtol=1e-5)
+    given = tf.constant(smoothing) if as_tensor else smoothing
+    np.testing.assert_allclose(smoothed_token_cross_entropy(labels, logits, given), expected, rtol=1e-5)
 
 
 def test_sparse_cross_entropy_equals_keras_with_weights_and_its_gradient(batch):
@@ -90,12 +93,14 @@ def test_perplexity_equals_keras_hub(batch, mask_token_id):
     assert Perplexity.from_config(ours.get_config()).get_config() == ours.get_config()
 
 
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["python", "tensor"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.3])
-def test_the_written_out_gradient_equals_autodiff_of_the_formula(batch, smoothing):
+def test_the_written_out_gradient_equals_autodiff_of_the_formula(batch, smoothing, as_tensor):
     labels, logits, weights = batch
     variable = tf.Variable(logits)
+    given = tf.constant(smoothing) if as_tensor else smoothing
     with tf.GradientTape() as tape:
-        ours = tf.reduce_sum(smoothed_token_cross_entropy(labels, variable, smoothing) * weights)
+        ours = tf.reduce_sum(smoothed_token_cross_entropy(labels, variable, given) * weights)
     with tf.GradientTape() as reference_tape:
         log_probs = tf.nn.log_softmax(variable, axis=-1)
         chosen = tf.gather(log_probs, labels, batch_dims=2)

@@ -43,7 +43,12 @@ def _cross_entropy(labels, logits, label_smoothing):
     # of 16 x 256 over 8,192 tokens). Here the gradient reads the logits the model made.
     labels = tf.convert_to_tensor(labels)
     logits = tf.convert_to_tensor(logits)
-    label_smoothing = tf.convert_to_tensor(label_smoothing, tf.float32)
+    if isinstance(label_smoothing, (int, float)):
+        # A Python number is traced as a constant: with none, the passes over the logits
+        # that only smoothing needs (their mean, the uniform target) are not built.
+        label_smoothing = float(label_smoothing)
+    else:
+        label_smoothing = tf.convert_to_tensor(label_smoothing, tf.float32)
 
     @tf.custom_gradient
     def cross_entropy(logits):
@@ -62,7 +67,9 @@ def _cross_entropy_forward(labels, logits, label_smoothing):
     logits = tf.cast(logits, tf.float32)  # also under mixed precision
     log_normalizer = tf.reduce_logsumexp(logits, axis=-1)
     chosen = tf.gather(logits, labels, batch_dims=len(labels.shape))
-    loss = log_normalizer - (1.0 - label_smoothing) * chosen - label_smoothing * tf.reduce_mean(logits, axis=-1)
+    loss = log_normalizer - (1.0 - label_smoothing) * chosen
+    if not _no_smoothing(label_smoothing):
+        loss -= label_smoothing * tf.reduce_mean(logits, axis=-1)
     return loss, log_normalizer
 
 
@@ -74,9 +81,14 @@ def _cross_entropy_gradient(labels, logits, log_normalizer, label_smoothing, ups
     # minutes to compile and seconds a step.
     vocabulary_size = tf.shape(logits)[-1]
     targets = (1.0 - label_smoothing) * tf.one_hot(labels, vocabulary_size, dtype=tf.float32)
-    targets += label_smoothing / tf.cast(vocabulary_size, tf.float32)
+    if not _no_smoothing(label_smoothing):
+        targets += label_smoothing / tf.cast(vocabulary_size, tf.float32)
     probabilities = tf.exp(tf.cast(logits, tf.float32) - log_normalizer[..., None])
     return tf.cast(upstream[..., None] * (probabilities - targets), logits.dtype)
+
+
+def _no_smoothing(label_smoothing):
+    return isinstance(label_smoothing, float) and label_smoothing == 0.0
 
 
 def checked_labels(labels, logits):
