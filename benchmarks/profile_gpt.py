@@ -13,9 +13,8 @@ Then two `train_on_batch` steps run under the TensorFlow profiler, and the trace
 time is split by kind of op (where ops run concurrently, each gets its share of the
 slice): the step's real matmuls against everything else, with no synthetic shapes.
 
-The same step compiled whole with XLA is traced too, in a child process per library
-started with XLA's per-op events switched on: its time splits into XLA's dots, its other
-ops (fusions) and time with no XLA op running.
+The same step compiled whole with XLA is traced too, from XLA's per-op events: its time
+splits into XLA's dots, its other ops (fusions) and time with no XLA op running.
 
 Greedy decoding (prompt 32 + 64 new, XLA) is set against a loop of the decoding step's
 matrix-vector products alone (every weight read once per new token), the floor that
@@ -25,10 +24,9 @@ memory bandwidth sets at batch 1.
 """
 
 import argparse
-import json
 import os
+import re
 import statistics
-import subprocess
 import sys
 import time
 
@@ -193,60 +191,85 @@ def shared_wall_time(events, steps, idle_kind):
     return times
 
 
-# XLA's CPU runtime emits an event per compiled op only when asked to, before TensorFlow starts.
+# XLA's CPU runtime (TF 2.21's thunks) emits an event per compiled op while the profiler
+# runs; older runtimes did so only with this flag in XLA_FLAGS, set before TensorFlow starts.
 XLA_TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 XLA_DOTS = "dots (XLA's matrix products)"
+XLA_IDLE = "no XLA op (between ops: the framework, waiting)"
 
 
 def xla_op_kind(name):
-    """The row an XLA CPU op event counts in: its dots (named after the TensorFlow op they
-    came from, `MatMul.180`, or `dot.4`), or the rest (fusions of elementwise work and
-    reductions, copies, scatters)."""
-    base = name.rsplit(".", 1)[0]
+    """The row an XLA CPU op event counts in: its dots, or the rest (fusions of elementwise
+    work and reductions, copies, scatters).
+
+    A dot is named after the TensorFlow op it came from (`MatMul.180`, `MatMul_1.114`) or
+    plainly (`dot.4`), with numeric or `.clone` suffixes; a fusion's name says "fusion"
+    even where XLA folded a dot into it (none does in these steps' dumped programs).
+    """
+    base = re.sub(r"(\.\d+|\.clone)+$", "", name)
     if "fusion" not in base and (base == "dot" or base.startswith(("MatMul", "BatchMatMul", "Einsum"))):
         return XLA_DOTS
     return "fusions and other XLA ops (elementwise, reductions, copies, Adam)"
 
 
+def xla_op_spans(starts, ends):
+    """`(start, end, name)` spans of XLA ops, in ms, from the trace's two kinds of events.
+
+    `starts`: `(name, start, own_end, context)`; `ends`: `(end, context)`. XLA marks an op's
+    start (an event with the `_p` stat) and its end (an `end: op` event whose `_c` stat is
+    the same context id): a large dot runs asynchronously, so its end may come later, on
+    another thread, than its start event's own end. A start whose end event is missing
+    (the profiler can stop before the last one is recorded) keeps its own end; an end
+    without its start means the events were misread, an error rather than a wrong table.
+    """
+    end_of = dict((context, end) for end, context in ends)
+    if len(end_of) != len(ends):
+        raise RuntimeError("Two XLA op end events share a context id.")
+    spans = [(start, end_of.pop(context, own_end), name) for name, start, own_end, context in starts]
+    if end_of:
+        raise RuntimeError(f"{len(end_of)} XLA op end event(s) have no start.")
+    return spans
+
+
 def traced_xla_op_times(model, batch, steps=2):
     """Wall ms per step by `xla_op_kind`, from a profiler trace of an XLA-compiled
-    `train_on_batch` (the process must have started with `XLA_TRACE_FLAG` in XLA_FLAGS).
+    `train_on_batch` (`model` compiled with `jit_compile=True`).
 
-    Each op has a start event and an `end: op` event; the runtime runs some (large dots)
-    asynchronously, so an op spans from its start to its end event, which may come later
-    on another thread.
+    The ops' spans (`xla_op_spans`) share the wall time as in `shared_wall_time`; the
+    time between the first op and the last with none running counts as `XLA_IDLE`.
     """
     space = profiled_space(model, batch, steps)
-    events, started = [], {}
+    starts, ends = [], []
     for plane in space.planes:
         names = {key: value.name for key, value in plane.event_metadata.items()}
-        for line in plane.lines:
-            if not line.name.startswith("tf_numa"):  # the threads XLA's code runs on
-                continue
+        stat_names = {key: value.name for key, value in plane.stat_metadata.items()}
+        for line in plane.lines:  # XLA's ops run on the calling thread and on the pool's
             for event in line.events:
+                stats = {stat_names.get(stat.metadata_id): stat.uint64_value or stat.int64_value
+                         for stat in event.stats}
                 start = (line.timestamp_ns * 1e3 + event.offset_ps) / 1e9
-                started.setdefault(names.get(event.metadata_id, ""), []).append(start)
-    for name, starts in started.items():
-        if "::" in name or name.startswith("end: ") or not name:  # the runtime's own spans
-            continue
-        ends = sorted(started.get("end: " + name, []))
-        for start, end in zip(sorted(starts), ends):
-            events.append((start, end, xla_op_kind(name)))
-    if not events:
-        raise RuntimeError(f"The trace holds no XLA op events: start Python with XLA_FLAGS={XLA_TRACE_FLAG}.")
-    return shared_wall_time(events, steps, "no XLA op (the framework, waiting)")
+                name = names.get(event.metadata_id, "")
+                if "hlo_op" in stats and "_p" in stats:
+                    starts.append((name, start, start + event.duration_ps / 1e9, stats["_p"]))
+                elif name.startswith("end: ") and "_c" in stats:
+                    ends.append((start + event.duration_ps / 1e9, stats["_c"]))
+    if not starts:
+        raise RuntimeError(
+            "The trace holds no XLA op events: is the model compiled with jit_compile=True? (Older "
+            f"TensorFlow releases emit them only with XLA_FLAGS={XLA_TRACE_FLAG} set before TensorFlow starts.)"
+        )
+    spans = xla_op_spans(starts, ends)
+    return shared_wall_time([(start, end, xla_op_kind(name)) for start, end, name in spans], steps, XLA_IDLE)
 
 
-def xla_trace_in_child(system):
-    """`traced_xla_op_times` of `system`'s XLA-compiled training step, from a fresh process."""
-    flags = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TRACE_FLAG}".strip()
-    completed = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--xla-trace-child", system],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "XLA_FLAGS": flags},
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"The XLA trace of {system} failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+def print_breakdown(traced, total_row):
+    """A markdown table of `{system: {kind: ms}}`, kinds by tfzoo's time, then their sum."""
+    print("| kind of op | tfzoo | keras-hub |\n|---|---:|---:|")
+    kinds = sorted({kind for times in traced.values() for kind in times}, key=lambda kind: -traced[TFZOO].get(kind, 0))
+    for kind in kinds + [total_row]:
+        cells = [sum(traced[system].values()) if kind == total_row else traced[system].get(kind, 0.0)
+                 for system in (TFZOO, KERAS_HUB)]
+        print(f"| {kind} | {cells[0]:.1f} | {cells[1]:.1f} |")
 
 
 def decode_floor(arguments, batch_size, new_tokens):
@@ -278,18 +301,10 @@ def decode_floor(arguments, batch_size, new_tokens):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=5, help="timed calls per stage (median reported)")
-    parser.add_argument("--xla-trace-child", choices=(TFZOO, KERAS_HUB), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = bench_gpt.SETTINGS["full"]
     arguments = bench_gpt.model_arguments(settings["preset"])
     batch_size, length = settings["train_batch_size"], settings["train_sequence_length"]
-    if args.xla_trace_child:  # in a process started with XLA's per-op events on
-        system = args.xla_trace_child
-        batch = bench_gpt.training_batches(settings, arguments["vocabulary_size"], count=1)[system][0]
-        model = bench_gpt.compile_model(system, bench_gpt.build(system, settings["preset"], seed=0), True)
-        model.train_on_batch(*batch)  # compiles
-        print(json.dumps(traced_xla_op_times(model, batch)))
-        return
     log = Logger()
     info = machine_info()
     batches = bench_gpt.training_batches(settings, arguments["vocabulary_size"], count=1)
@@ -313,34 +328,31 @@ def main(argv=None):
         print(f"| {stage} | {values[TFZOO] * 1e3:.1f} | {values[KERAS_HUB] * 1e3:.1f} |")
 
     print("\nThe same step under the TensorFlow profiler (2 steps): wall ms per step by kind of op\n")
-    print("| kind of op | tfzoo | keras-hub |\n|---|---:|---:|")
-    kinds = sorted({kind for times in traced.values() for kind in times}, key=lambda kind: -traced[TFZOO].get(kind, 0))
-    for kind in kinds + ["traced step"]:
-        cells = [sum(traced[system].values()) if kind == "traced step" else traced[system].get(kind, 0.0)
-                 for system in (TFZOO, KERAS_HUB)]
-        print(f"| {kind} | {cells[0]:.1f} | {cells[1]:.1f} |")
+    print_breakdown(traced, "traced step")
     floor = rows["matmuls alone (forward + backward)"][TFZOO] * 1e3
     budget = rows["train_on_batch"][KERAS_HUB] * 1e3 / 1.3
     print(f"\n1.3x keras-hub's train_on_batch is a {budget:.0f} ms step; the step's matmuls alone take "
           f"{floor:.0f} ms, leaving {budget - floor:.0f} ms for the rest (tfzoo's other work, traced: "
           f"{sum(ms for kind, ms in traced[TFZOO].items() if 'matmul' not in kind):.0f} ms).")
 
-    # The same step compiled whole with XLA, traced in a child process each: XLA's per-op
-    # events must be switched on before TensorFlow starts, and they would slow the
-    # decoding loops timed below.
-    xla_traced = {system: xla_trace_in_child(system) for system in (TFZOO, KERAS_HUB)}
+    # The same step compiled whole with XLA: XLA's ops, which the trace above sees as one.
+    xla_traced, steps_ms = {}, []
+    for system in (TFZOO, KERAS_HUB):
+        model = bench_gpt.compile_model(system, bench_gpt.build(system, settings["preset"], seed=0), True)
+        batch = batches[system][0]
+        steps_ms.append(median_seconds(lambda: model.train_on_batch(*batch), args.calls) * 1e3)  # compiles first
+        xla_traced[system] = traced_xla_op_times(model, batch)
+        log(f"  {system:9s} XLA train_on_batch {steps_ms[-1]:7.1f} ms")
     step_flops = bench_gpt.training_flops_per_token(settings) * batch_size * length
     print("\nThe same step compiled whole with XLA (`jit_compile=True`), traced (2 steps): wall ms per "
-          "step by kind of XLA op\n")
-    print("| kind of op | tfzoo | keras-hub |\n|---|---:|---:|")
-    kinds = sorted({kind for times in xla_traced.values() for kind in times}, key=lambda kind: -xla_traced[TFZOO][kind])
-    for kind in kinds + ["traced step"]:
-        cells = [sum(xla_traced[system].values()) if kind == "traced step" else xla_traced[system].get(kind, 0.0)
-                 for system in (TFZOO, KERAS_HUB)]
-        print(f"| {kind} | {cells[0]:.1f} | {cells[1]:.1f} |")
-    dots = [step_flops / (xla_traced[system][XLA_DOTS] / 1e3) / 1e9 for system in (TFZOO, KERAS_HUB)]
-    print(f"\nThe step's {step_flops / 1e9:.1f} GFLOP of model FLOPs over its dots' time: tfzoo {dots[0]:.0f}, "
-          f"keras-hub {dots[1]:.0f} GFLOP/s.")
+          "step by kind of XLA op (concurrent ops share a slice)\n")
+    print_breakdown(xla_traced, "first op to last")
+    print(f"| train_on_batch, median of {args.calls} calls, untraced | {steps_ms[0]:.1f} | {steps_ms[1]:.1f} |")
+    dot_gflops = [step_flops / (xla_traced[system].get(XLA_DOTS, float("nan")) / 1e3) / 1e9
+                  for system in (TFZOO, KERAS_HUB)]
+    print(f"\nThe step's {step_flops / 1e9:.1f} GFLOP of model FLOPs over the wall time counted as dots: "
+          f"tfzoo {dot_gflops[0]:.0f}, keras-hub {dot_gflops[1]:.0f} GFLOP/s. 1.3x keras-hub's step is "
+          f"{steps_ms[1] / 1.3:.0f} ms.")
 
     new_tokens = settings["new_tokens"]
     print(f"\nGreedy decoding, prompt {settings['prompt_length']} + {new_tokens} new, XLA: ms per new-token step\n")

@@ -63,42 +63,52 @@ def test_profile_trace_breakdown_attributes_a_matmul_heavy_step_to_matmuls():
 
 
 def test_profile_xla_trace_breakdown_attributes_a_matmul_heavy_step_to_dots():
-    # The XLA-compiled counterpart, in a fresh process: XLA emits its per-op events only
-    # when the flag is set before TensorFlow starts. Same wide Dense step, compiled whole.
-    code = f"""
-import json, sys, time
-sys.path.insert(0, {os.path.join(REPO, "benchmarks")!r})
-import keras, numpy as np
-import profile_gpt
-model = keras.Sequential([keras.Input((2048,)), keras.layers.Dense(2048)])
-model.compile(optimizer="adam", loss="mse", jit_compile=True)
-batch = (np.ones((2048, 2048), "float32"), np.zeros((2048, 2048), "float32"))
-model.train_on_batch(*batch)  # compiles
-start = time.perf_counter()
-times = profile_gpt.traced_xla_op_times(model, batch, steps=2)
-print(json.dumps({{"times": times, "elapsed_per_step": (time.perf_counter() - start) / 2 * 1e3}}))
-"""
-    from tests.helpers import run_python
+    # The XLA-compiled counterpart on the same wide Dense step, compiled whole.
+    import time
 
-    result = run_python(code, timeout=300, env={"XLA_FLAGS": "--xla_cpu_enable_xprof_traceme=true",
-                                                "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    times = report["times"]
-    # The two products (forward, kernel gradient; the input needs none): 34 GFLOP a step.
-    assert times["dots (XLA's matrix products)"] > 0.5 * sum(times.values()), times
-    assert 0 < sum(times.values()) < report["elapsed_per_step"] * 1.05, report
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     import keras
     import numpy as np
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     import profile_gpt
 
-    assert profile_gpt.xla_op_kind("MatMul.180") == profile_gpt.XLA_DOTS == profile_gpt.xla_op_kind("dot.4")
-    assert profile_gpt.xla_op_kind("subtract_exponential_fusion") != profile_gpt.XLA_DOTS
-    assert profile_gpt.xla_op_kind("MatMul_fusion.3") != profile_gpt.XLA_DOTS
-    # Without the flag (this process) there are no XLA op events: a clear error, not zeros.
-    if profile_gpt.XLA_TRACE_FLAG not in os.environ.get("XLA_FLAGS", ""):
-        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8)])
-        model.compile(optimizer="adam", loss="mse", jit_compile=True)
-        with pytest.raises(RuntimeError, match="no XLA op events"):
-            profile_gpt.traced_xla_op_times(model, (np.ones((4, 8), "float32"), np.zeros((4, 8), "float32")))
+    batch = (np.ones((2048, 2048), "float32"), np.zeros((2048, 2048), "float32"))
+    model = keras.Sequential([keras.Input((2048,)), keras.layers.Dense(2048)])
+    model.compile(optimizer="adam", loss="mse", jit_compile=True)
+    model.train_on_batch(*batch)  # compiles outside the timing below
+    start = time.perf_counter()
+    times = profile_gpt.traced_xla_op_times(model, batch, steps=2)
+    elapsed_per_step = (time.perf_counter() - start) / 2 * 1e3  # ms; includes an untraced step
+    # The two products (forward, kernel gradient; the input needs none): 34 GFLOP a step.
+    assert times[profile_gpt.XLA_DOTS] > 0.5 * sum(times.values()), times
+    assert 0 < sum(times.values()) < elapsed_per_step * 1.05, (times, elapsed_per_step)
+    # A step XLA did not compile has no XLA op events: a clear error, not a table of zeros.
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8)])
+    model.compile(optimizer="adam", loss="mse", jit_compile=False)
+    with pytest.raises(RuntimeError, match="no XLA op events"):
+        profile_gpt.traced_xla_op_times(model, (np.ones((4, 8), "float32"), np.zeros((4, 8), "float32")))
+
+
+def test_profile_xla_op_kinds_and_spans():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import profile_gpt
+
+    for dot in ("MatMul.180", "MatMul_1.114", "dot.4", "dot.4.clone", "BatchMatMulV2.3"):
+        assert profile_gpt.xla_op_kind(dot) == profile_gpt.XLA_DOTS, dot
+    for other in ("subtract_exponential_fusion", "MatMul_fusion.3", "wrapped_reduce-window.30", "copy.213"):
+        assert profile_gpt.xla_op_kind(other) != profile_gpt.XLA_DOTS, other
+    # One op name in two steps, the second run's end on another thread after a later op's
+    # start (asynchronous): each start takes the end of its own context id.
+    starts = [("MatMul.1", 0.0, 0.4, 11), ("add_fusion", 1.0, 2.0, 12), ("MatMul.1", 10.0, 10.1, 21),
+              ("add_fusion", 11.0, 11.5, 22)]
+    ends = [(0.5, 11), (2.0, 12), (11.5, 22), (14.0, 21)]
+    assert sorted(profile_gpt.xla_op_spans(starts, ends)) == [
+        (0.0, 0.5, "MatMul.1"), (1.0, 2.0, "add_fusion"), (10.0, 14.0, "MatMul.1"), (11.0, 11.5, "add_fusion")]
+    # The last end event missing (the profiler stopped first): that op keeps its own event's end.
+    assert (10.0, 10.1, "MatMul.1") in profile_gpt.xla_op_spans(starts, ends[:-1])
+    with pytest.raises(RuntimeError, match="have no start"):
+        profile_gpt.xla_op_spans(starts[:-1], ends)  # an end without its start
+    # The sweep shares overlapping slices and counts the gaps as idle: 10 ms of wall time
+    # over 2 steps; 3 ms of A alone, 2 shared with B (1 each), 2 of B alone, 3 idle.
+    times = profile_gpt.shared_wall_time([(0, 5, "A"), (3, 7, "B"), (10, 10, "A")], steps=2, idle_kind="idle")
+    assert times == pytest.approx({"A": 2.0, "B": 1.5, "idle": 1.5})

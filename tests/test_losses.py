@@ -110,6 +110,24 @@ def test_the_written_out_gradient_equals_autodiff_of_the_formula(batch, smoothin
     np.testing.assert_allclose(tape.gradient(ours, variable), reference_tape.gradient(reference, variable), atol=1e-6)
 
 
+def test_without_smoothing_the_loss_skips_the_passes_only_smoothing_needs():
+    from tfzoo.training import losses
+
+    labels, logits = tf.zeros((2, 3), tf.int32), tf.zeros((2, 3, 5))
+
+    def op_types(label_smoothing):
+        graph = losses._cross_entropy_forward.get_concrete_function(labels, logits, label_smoothing).graph
+        return {op.type for op in graph.get_operations()}
+
+    assert "Mean" not in op_types(0.0)  # what `smoothed_token_cross_entropy(..., 0)` traces
+    assert "Mean" in op_types(tf.constant(0.0))
+    # Zero in any numeric form takes the constant path; a bool is refused.
+    for zero in (0, 0.0, np.float32(0.0), np.int64(0)):
+        np.testing.assert_allclose(smoothed_token_cross_entropy(labels, logits, zero), np.log(5.0), rtol=1e-6)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        smoothed_token_cross_entropy(labels, logits, True)
+
+
 def test_the_gradient_has_no_scatter():
     # Left to autodiff, the label gather's gradient is a segment sum (a scatter): inside a
     # training step compiled whole with XLA it took minutes to compile and seconds a step.

@@ -10,6 +10,7 @@ are handed to XLA; the rest of the step runs as before.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -32,7 +33,9 @@ def token_cross_entropy(labels, logits):
 
 def smoothed_token_cross_entropy(labels, logits, label_smoothing):
     """Per-token cross-entropy against targets with `label_smoothing` spread evenly over
-    the vocabulary: `(1 - e) * -log p[label] + e * mean_v(-log p[v])`, float32 `(...)`."""
+    the vocabulary: `(1 - e) * -log p[label] + e * mean_v(-log p[v])`, float32 `(...)`.
+
+    `label_smoothing` is a number or a scalar tensor (a bool is a `ValueError`)."""
     return _cross_entropy(labels, logits, label_smoothing)
 
 
@@ -43,10 +46,13 @@ def _cross_entropy(labels, logits, label_smoothing):
     # of 16 x 256 over 8,192 tokens). Here the gradient reads the logits the model made.
     labels = tf.convert_to_tensor(labels)
     logits = tf.convert_to_tensor(logits)
-    if isinstance(label_smoothing, (int, float)):
-        # A Python number is traced as a constant: with none, the passes over the logits
-        # that only smoothing needs (their mean, the uniform target) are not built.
-        label_smoothing = float(label_smoothing)
+    if isinstance(label_smoothing, bool):
+        raise ValueError(f"`label_smoothing` must be a number in [0, 1), got {label_smoothing!r}.")
+    if not tf.is_tensor(label_smoothing) and np.ndim(label_smoothing) == 0 and label_smoothing == 0:
+        # No smoothing is traced as a constant, so that the passes over the logits only
+        # smoothing needs (their mean, the uniform target) are not built; any other value
+        # is a tensor, one trace for all (a schedule would otherwise recompile every step).
+        label_smoothing = 0.0
     else:
         label_smoothing = tf.convert_to_tensor(label_smoothing, tf.float32)
 
