@@ -302,11 +302,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=5, help="timed calls per stage (median reported)")
     args = parser.parse_args(argv)
+    log = Logger()
+    info = machine_info()
     settings = bench_gpt.SETTINGS["full"]
     arguments = bench_gpt.model_arguments(settings["preset"])
     batch_size, length = settings["train_batch_size"], settings["train_sequence_length"]
-    log = Logger()
-    info = machine_info()
     batches = bench_gpt.training_batches(settings, arguments["vocabulary_size"], count=1)
 
     traced = {}  # system -> {op kind: ms per step}

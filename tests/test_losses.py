@@ -35,7 +35,8 @@ def test_token_cross_entropy_is_the_formula(batch):
     np.testing.assert_allclose(token_cross_entropy(labels, logits), expected, rtol=1e-5)
 
 
-# A Python number is traced as a constant (no smoothing: no passes for it); a tensor is not.
+# Zero given as a number is traced as a constant (no passes for smoothing); other numbers
+# and tensors take the tensor path: both must give the formula.
 @pytest.mark.parametrize("as_tensor", [False, True], ids=["python", "tensor"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
 def test_smoothed_cross_entropy_is_the_formula(batch, smoothing, as_tensor):
@@ -121,7 +122,7 @@ def test_without_smoothing_the_loss_skips_the_passes_only_smoothing_needs():
 
     assert "Mean" not in op_types(0.0)  # what `smoothed_token_cross_entropy(..., 0)` traces
     assert "Mean" in op_types(tf.constant(0.0))
-    # Zero in any numeric form takes the constant path; a bool is refused.
+    # Zero in any numeric form gives the unsmoothed loss, log(5) on zero logits; a bool is refused.
     for zero in (0, 0.0, np.float32(0.0), np.int64(0)):
         np.testing.assert_allclose(smoothed_token_cross_entropy(labels, logits, zero), np.log(5.0), rtol=1e-6)
     with pytest.raises(ValueError, match="label_smoothing"):
