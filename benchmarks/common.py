@@ -39,13 +39,26 @@ def benchmark_parser(description, name, full_rounds):
         "--output", default=None,
         help=f"JSON path (default benchmarks/results/{name}.json, or {name}_quick.json with --quick)",
     )
+    parser.add_argument(
+        "--cpu-allocator", choices=sorted(CPU_ALLOCATORS), default="pooled",
+        help="TensorFlow's CPU allocator for every system in the run: pooled (BFC, tfzoo's default) "
+             "or default (TensorFlow's own, which maps each large buffer afresh)",
+    )
     return parser
+
+
+# --cpu-allocator: the value of TF_CPU_ALLOCATOR_USE_BFC, set before TensorFlow makes its
+# first tensor. The variable is process-wide, so both TensorFlow systems of a run share it
+# (tfzoo sets "true" on import unless told otherwise; keras-hub leaves TensorFlow's default).
+CPU_ALLOCATORS = {"pooled": "true", "default": "false"}
 
 
 def checked_args(parser, argv=None):
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if getattr(args, "cpu_allocator", None):
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = CPU_ALLOCATORS[args.cpu_allocator]
     return args
 
 
@@ -410,6 +423,12 @@ def import_for_memory_child(system, import_hf_model_code):
     return None
 
 
+def current_cpu_allocator():
+    """The `--cpu-allocator` choice this process runs with (a child is given the same)."""
+    value = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "true")  # unset: tfzoo's import sets "true"
+    return "default" if value.lower() in ("false", "0") else "pooled"
+
+
 def run_memory_children(script, children, model_arguments, quick, log):
     """Runs one peak-memory child per `(workload, system, --memory-child value)`.
 
@@ -417,7 +436,8 @@ def run_memory_children(script, children, model_arguments, quick, log):
     """
     reports = {}
     for workload, system, child in children:
-        command = ["--memory-child", child, "--memory-model", json.dumps(model_arguments)]
+        command = ["--memory-child", child, "--memory-model", json.dumps(model_arguments),
+                   "--cpu-allocator", current_cpu_allocator()]
         report = measure_peak_memory(script, command + (["--quick"] if quick else []), log)
         reports.setdefault(workload, {})[system] = report
         log(f"  peak memory {workload:8s} {system:9s}: {report['peak_bytes'] / 2**20:6.0f} MiB "
@@ -490,6 +510,7 @@ def machine_info():
         git_dirty=bool(git("status", "--porcelain", "--", ":/tfzoo")),
         tf_intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
         tf_inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+        cpu_memory_pooled=tfzoo.cpu_memory_is_pooled(),
         load_average_start=load_average(),
     )
 
@@ -503,7 +524,8 @@ def print_report(title, table, info, log):
                       if info.get("torch") and info.get("transformers") else "")
     cpu = f"{info.get('cpu_model') or 'unknown CPU'} ({' '.join(info.get('cpu_flags') or []) or 'flags unknown'}), "
     print(f"\n{info['cpu_count']} CPUs, {cpu}{info['platform']}, TF {info['tensorflow']}, Keras {info['keras']}, "
-          f"keras-hub {info['keras_hub']}{torch_versions}; 1-minute load average during the run "
+          f"keras-hub {info['keras_hub']}{torch_versions}; CPU allocator "
+          f"{'pooled (BFC)' if info.get('cpu_memory_pooled') else 'TensorFlow default'}; 1-minute load average during the run "
           f"{log.load_summary()}; took {log.elapsed():.0f} s")
 
 

@@ -39,6 +39,49 @@ def _limit_ynn_fusions_to_dots():
 
 _limit_ynn_fusions_to_dots()
 
+
+POOLED_CPU_MEMORY_VARIABLE = "TF_CPU_ALLOCATOR_USE_BFC"
+
+
+def _pool_cpu_memory():
+    """Asks TensorFlow for its pooling (BFC) CPU allocator, unless the user chose.
+
+    TensorFlow's default CPU allocator gives each large buffer back to the operating
+    system when it is freed, so every training step maps its activations afresh and the
+    kernel zero-fills them page by page: for the tiny GPT (batch 16 x 256) about 170,000
+    page faults and 0.6-0.9 s of system time a step on 2 cores, a quarter of the step.
+    The BFC allocator keeps freed memory for the next step (benchmarks/RESULTS.md has the
+    measurements). TensorFlow reads the variable when it makes its first tensor, so this
+    works when tfzoo is imported before any TensorFlow op has run, even after `import
+    tensorflow`; `cpu_memory_is_pooled()` says whether it took. Set the variable to
+    "false" to keep TensorFlow's default.
+    """
+    os.environ.setdefault(POOLED_CPU_MEMORY_VARIABLE, "true")
+
+
+_pool_cpu_memory()
+
+
+def cpu_memory_is_pooled():
+    """Whether TensorFlow's CPU memory comes from its pooling (BFC) allocator.
+
+    False when TensorFlow had run an op before tfzoo was imported, or when the user set
+    `TF_CPU_ALLOCATOR_USE_BFC=false`. Only the pooling allocator keeps statistics, which
+    is how this tells. (It initializes TensorFlow's devices, as any op would.)
+
+    Example:
+    >>> import tfzoo
+    >>> isinstance(tfzoo.cpu_memory_is_pooled(), bool)
+    True
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.experimental.get_memory_info("CPU:0")
+    except ValueError:  # "Allocator stats not available": TensorFlow's default allocator
+        return False
+    return True
+
 from tfzoo import layers  # noqa: E402
 from tfzoo.layers import MultiHeadAttention, PositionalEncoding, TransformerBlock  # noqa: E402
 from tfzoo.models import (  # noqa: E402
@@ -62,6 +105,7 @@ __all__ = [
     "MultiHeadAttention",
     "PositionalEncoding",
     "TransformerBlock",
+    "cpu_memory_is_pooled",
     "layers",
     "__version__",
 ]
