@@ -439,6 +439,7 @@ def run_memory_children(script, children, model_arguments, quick, log):
         command = ["--memory-child", child, "--memory-model", json.dumps(model_arguments),
                    "--cpu-allocator", current_cpu_allocator()]
         report = measure_peak_memory(script, command + (["--quick"] if quick else []), log)
+        report["cpu_allocator"] = command[-1]
         reports.setdefault(workload, {})[system] = report
         log(f"  peak memory {workload:8s} {system:9s}: {report['peak_bytes'] / 2**20:6.0f} MiB "
             f"(+{report['growth_bytes'] / 2**20:.0f} MiB over the process after imports)")

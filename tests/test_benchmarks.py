@@ -15,8 +15,9 @@ pytestmark = pytest.mark.slow
 def test_bench_bert_quick_mode_writes_ratios_and_targets(tmp_path):
     output = tmp_path / "bench_bert_quick.json"
     result = subprocess.run(
+        # TensorFlow's own allocator here (tfzoo's default, pooled, runs everywhere else).
         [sys.executable, os.path.join(REPO, "benchmarks", "bench_bert.py"), "--quick", "--no-torch",
-         "--output", str(output)],
+         "--cpu-allocator", "default", "--output", str(output)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,6 +35,23 @@ def test_bench_bert_quick_mode_writes_ratios_and_targets(tmp_path):
     assert set(encode["systems"]) == {"tfzoo", "keras_hub"} and encode["systems"]["tfzoo"]["median"] > 0
     # The peak-memory children ran (their own processes) and reported a high-water mark.
     assert all(report["peak_memory"][system]["peak_bytes"] > 0 for system in ("tfzoo", "keras_hub"))
+    # --cpu-allocator reached TensorFlow in the run and was handed to its memory children.
+    assert report["machine"]["cpu_memory_pooled"] is False
+    assert all(report["peak_memory"][system]["cpu_allocator"] == "default" for system in ("tfzoo", "keras_hub"))
+
+
+def test_benchmarks_cpu_allocator_flag_sets_tensorflows_variable(monkeypatch):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import common
+
+    parser = common.benchmark_parser("test", "test", full_rounds=1)
+    for choice, value in (("default", "false"), ("pooled", "true")):
+        monkeypatch.setenv("TF_CPU_ALLOCATOR_USE_BFC", "unchanged")
+        common.checked_args(parser, ["--cpu-allocator", choice])
+        assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == value
+        assert common.current_cpu_allocator() == choice
+    monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC")
+    assert common.current_cpu_allocator() == "pooled"  # what tfzoo's import will set
 
 
 def test_profile_trace_breakdown_attributes_a_matmul_heavy_step_to_matmuls():
