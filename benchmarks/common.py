@@ -40,15 +40,16 @@ def benchmark_parser(description, name, full_rounds):
         help=f"JSON path (default benchmarks/results/{name}.json, or {name}_quick.json with --quick)",
     )
     parser.add_argument(
-        "--cpu-allocator", choices=sorted(CPU_ALLOCATORS), default="pooled",
-        help="TensorFlow's CPU allocator for every system in the run: pooled (BFC, tfzoo's default) "
-             "or default (TensorFlow's own, which maps each large buffer afresh)",
+        "--cpu-allocator", choices=sorted(CPU_ALLOCATORS), default=None,
+        help="TensorFlow's CPU allocator for every system in the run, overriding TF_CPU_ALLOCATOR_USE_BFC: "
+             "pooled (BFC) or default (TensorFlow's own, which maps each large buffer afresh). Unset: "
+             "the environment's choice, else tfzoo's (pooled)",
     )
     return parser
 
 
-# --cpu-allocator: the value of TF_CPU_ALLOCATOR_USE_BFC, set before TensorFlow makes its
-# first tensor. The variable is process-wide, so both TensorFlow systems of a run share it
+# --cpu-allocator: the value of TF_CPU_ALLOCATOR_USE_BFC, set before TensorFlow starts its
+# runtime. The variable is process-wide, so both TensorFlow systems of a run share it
 # (tfzoo sets "true" on import unless told otherwise; keras-hub leaves TensorFlow's default).
 CPU_ALLOCATORS = {"pooled": "true", "default": "false"}
 
@@ -384,8 +385,10 @@ def peak_resident_bytes():
 
 def report_peak_memory(baseline_bytes, **details):
     """In a child process: prints its peak resident memory and the growth over `baseline_bytes`."""
-    peak = peak_resident_bytes()
+    peak = peak_resident_bytes()  # first: nothing below may count
     growth = None if peak is None or baseline_bytes is None else peak - baseline_bytes
+    if "tfzoo" in sys.modules:  # a TensorFlow child (a PyTorch one imports none): the allocator it ran on
+        details.setdefault("cpu_memory_pooled", sys.modules["tfzoo"].cpu_memory_is_pooled())
     payload = dict(peak_bytes=peak, baseline_bytes=baseline_bytes, growth_bytes=growth, **details)
     print(PEAK_MEMORY_MARKER + json.dumps(payload), flush=True)
 
@@ -424,9 +427,12 @@ def import_for_memory_child(system, import_hf_model_code):
 
 
 def current_cpu_allocator():
-    """The `--cpu-allocator` choice this process runs with (a child is given the same)."""
-    value = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "true")  # unset: tfzoo's import sets "true"
-    return "default" if value.lower() in ("false", "0") else "pooled"
+    """The `--cpu-allocator` choice this process's environment makes (a child is given it).
+
+    As TensorFlow reads the variable: "true" or "1" in any case pools, anything else keeps
+    its default allocator; unset, tfzoo's import sets "true"."""
+    value = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC")
+    return "pooled" if value is None or value.lower() in ("true", "1") else "default"
 
 
 def run_memory_children(script, children, model_arguments, quick, log):
@@ -439,7 +445,6 @@ def run_memory_children(script, children, model_arguments, quick, log):
         command = ["--memory-child", child, "--memory-model", json.dumps(model_arguments),
                    "--cpu-allocator", current_cpu_allocator()]
         report = measure_peak_memory(script, command + (["--quick"] if quick else []), log)
-        report["cpu_allocator"] = command[-1]
         reports.setdefault(workload, {})[system] = report
         log(f"  peak memory {workload:8s} {system:9s}: {report['peak_bytes'] / 2**20:6.0f} MiB "
             f"(+{report['growth_bytes'] / 2**20:.0f} MiB over the process after imports)")
@@ -524,9 +529,10 @@ def print_report(title, table, info, log):
     torch_versions = (f", PyTorch {info['torch']}, transformers {info['transformers']}"
                       if info.get("torch") and info.get("transformers") else "")
     cpu = f"{info.get('cpu_model') or 'unknown CPU'} ({' '.join(info.get('cpu_flags') or []) or 'flags unknown'}), "
+    allocator = "pooled (BFC)" if info.get("cpu_memory_pooled") else "TensorFlow default"
     print(f"\n{info['cpu_count']} CPUs, {cpu}{info['platform']}, TF {info['tensorflow']}, Keras {info['keras']}, "
-          f"keras-hub {info['keras_hub']}{torch_versions}; CPU allocator "
-          f"{'pooled (BFC)' if info.get('cpu_memory_pooled') else 'TensorFlow default'}; 1-minute load average during the run "
+          f"keras-hub {info['keras_hub']}{torch_versions}; CPU allocator {allocator}; "
+          f"1-minute load average during the run "
           f"{log.load_summary()}; took {log.elapsed():.0f} s")
 
 

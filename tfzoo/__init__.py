@@ -8,6 +8,7 @@ The public API, in the order the architecture builds up:
 - `tfzoo.text`: in-graph tokenizers and vocabulary training.
 - `tfzoo.data`: corpora and `tf.data` pipelines.
 - `tfzoo.generation`: samplers and the cached decode loop.
+- `tfzoo.cpu_memory_is_pooled()`: whether TensorFlow pools CPU memory, as tfzoo asks on import.
 """
 
 import os
@@ -49,11 +50,16 @@ def _pool_cpu_memory():
     TensorFlow's default CPU allocator gives each large buffer back to the operating
     system when it is freed, so every training step maps its activations afresh and the
     kernel zero-fills them page by page: for the tiny GPT (batch 16 x 256) about 170,000
-    page faults and 0.6-0.9 s of system time a step on 2 cores, a quarter of the step.
-    The BFC allocator keeps freed memory for the next step (benchmarks/RESULTS.md has the
-    measurements). TensorFlow reads the variable when it makes its first tensor, so this
-    works when tfzoo is imported before any TensorFlow op has run, even after `import
-    tensorflow`; `cpu_memory_is_pooled()` says whether it took. Set the variable to
+    page faults and 0.6-0.9 s of system time a step on 2 cores. The BFC allocator keeps
+    freed memory for the next step; training ran 17-19% faster with it, with or without
+    XLA (benchmarks/RESULTS.md has the measurements).
+
+    What changes besides: the process keeps its peak memory until it exits (a long-lived
+    server too); TensorFlow caps the pool at 64 GiB unless `TF_CPU_BFC_MEM_LIMIT_IN_MB`
+    says otherwise; and child processes inherit the variable. TensorFlow reads it when
+    it starts its runtime (the first op or tensor, or a `tf.config` call that lists
+    logical devices), so importing tfzoo after `import tensorflow` is fine, after an op
+    is too late; `cpu_memory_is_pooled()` says whether it took. Set the variable to
     "false" to keep TensorFlow's default.
     """
     os.environ.setdefault(POOLED_CPU_MEMORY_VARIABLE, "true")
@@ -65,9 +71,11 @@ _pool_cpu_memory()
 def cpu_memory_is_pooled():
     """Whether TensorFlow's CPU memory comes from its pooling (BFC) allocator.
 
-    False when TensorFlow had run an op before tfzoo was imported, or when the user set
-    `TF_CPU_ALLOCATOR_USE_BFC=false`. Only the pooling allocator keeps statistics, which
-    is how this tells. (It initializes TensorFlow's devices, as any op would.)
+    False when TensorFlow had started its runtime before tfzoo was imported, or when the
+    user set `TF_CPU_ALLOCATOR_USE_BFC=false`. It tells by the allocator's statistics,
+    which only the pool keeps (unless something turned on TensorFlow's CPU allocator
+    statistics, as Grappler's peak-memory tools do: then it says True either way). It
+    starts TensorFlow's runtime, as any op would: configure devices and threads first.
 
     Example:
     >>> import tfzoo
