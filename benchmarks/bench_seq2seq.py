@@ -9,7 +9,6 @@ decodes exactly `--new-tokens` tokens per sentence: the work is fixed.
     python benchmarks/bench_seq2seq.py --quick    # a smoke test
 """
 
-import json
 import os
 import statistics
 import sys
@@ -41,6 +40,7 @@ def main(argv=None):
     source_length = args.source_length or (8 if args.quick else 24)
     new_tokens = args.new_tokens or (8 if args.quick else 32)
     log = common.Logger()
+    info = common.machine_info()  # before the model: it reads the allocator and load the run starts with
 
     import keras
     import numpy as np
@@ -96,16 +96,15 @@ def main(argv=None):
         uncached = results["beam 4, uncached" if name.startswith("beam") else "greedy, uncached"]
         rows.append(f"| {name} | {rate:.2f} | {rate * new_tokens:.0f} | {rate / uncached:.2f}x |")
     table = "\n".join(rows)
-    print(table)
-    print(f"cached == uncached tokens: greedy {agree[1]}, beam 4 {agree[4]}; load {log.load_summary()}")
+    common.print_report(f"Seq2seq translation, {preset} shapes ({model.count_params():,} parameters), batch "
+                        f"{batch_size}, source {source_length} tokens, {new_tokens} new tokens", table, info, log)
+    print(f"cached == uncached tokens: greedy {agree[1]}, beam 4 {agree[4]}")
     output = args.output or os.path.join(common.RESULTS, "seq2seq_quick.json" if args.quick else "seq2seq.json")
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(output, "w") as file:
-        json.dump({"preset": preset, "batch_size": batch_size, "source_length": source_length,
-                   "new_tokens": new_tokens, "rounds": rounds, "seconds": seconds,
-                   "sentences_per_second": results, "cached_equals_uncached": {str(k): v for k, v in agree.items()},
-                   "load": log.load_summary(), "table": table}, file, indent=2)
-    print(f"wrote {output}")
+    common.write_json(output, {
+        "preset": preset, "batch_size": batch_size, "source_length": source_length, "new_tokens": new_tokens,
+        "rounds": rounds, "seconds": seconds, "sentences_per_second": results,
+        "cached_equals_uncached": {str(k): v for k, v in agree.items()}, "machine": info,
+        "load": log.load_summary(), "load_samples": log.load_samples, "table": table})
     return 0
 
 

@@ -40,6 +40,32 @@ def test_bench_bert_quick_mode_writes_ratios_and_targets(tmp_path):
     assert all(report["peak_memory"][system]["cpu_memory_pooled"] is False for system in ("tfzoo", "keras_hub"))
 
 
+def test_bench_seq2seq_quick_mode_measures_every_setup_and_records_the_machine(tmp_path):
+    output = tmp_path / "seq2seq_quick.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "bench_seq2seq.py"), "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=600,
+        # No allocator choice in the environment: tfzoo's import picks (pooled).
+        env={**{key: value for key, value in os.environ.items() if key != "TF_CPU_ALLOCATOR_USE_BFC"},
+             "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    setups = {"greedy, cached", "greedy, uncached", "beam 4, cached", "beam 4, uncached",
+              "greedy, cached, XLA", "beam 4, cached, XLA"}
+    assert set(report["sentences_per_second"]) == setups
+    for name in setups:  # one timing per round, and the rate is the batch over their median
+        assert len(report["seconds"][name]) == report["rounds"]
+        median = sorted(report["seconds"][name])[len(report["seconds"][name]) // 2]
+        assert abs(report["sentences_per_second"][name] - report["batch_size"] / median) < 1e-6
+    # The cache must not change a token, greedy or beam.
+    assert report["cached_equals_uncached"] == {"1": True, "4": True}
+    # The machine is recorded, with the allocator the run had (tfzoo pools by default).
+    assert report["machine"]["cpu_memory_pooled"] is True
+    assert report["machine"]["tensorflow"] and report["machine"]["cpu_count"] >= 1
+    assert "CPU allocator pooled (BFC)" in result.stdout
+
+
 def test_benchmarks_cpu_allocator_flag_sets_tensorflows_variable(monkeypatch):
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     import common
