@@ -30,8 +30,9 @@ def _limit_ynn_fusions_to_dots():
     reproduces it). Single matmuls use another builder and stay (they make greedy
     decoding at batch 8 faster). Matmul + bias fusions (`dot`) were measured too: no
     clear gain on this 2-core machine (-10% to +7% by batch size, within its noise), so
-    left out. XLA reads the flag at its first compilation, so this works even after
-    TensorFlow was imported.
+    left out. For the training step, Eigen dots (the flag empty) and XNNPACK ones were
+    no faster either (benchmarks/RESULTS.md, 2026-12-04). XLA reads the flag at its
+    first compilation, so this works even after TensorFlow was imported.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_cpu_experimental_ynn_fusion_type" not in flags:
