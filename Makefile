@@ -2,10 +2,10 @@
 # transformers on PyTorch when installed (make bench-deps); see benchmarks/README.md.
 PYTHON ?= .venv/bin/python
 
-.PHONY: bench bench-deps bench-quick bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite profile-gpt
+.PHONY: bench bench-deps bench-quick bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite bench-attention profile-gpt
 
 # Full runs, one after the other (about 30-40 minutes on 2 cores). Extra flags: make bench ARGS="--rounds 5"
-bench: bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite
+bench: bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite bench-attention
 
 # The optional PyTorch peer: torch==2.13.0 (the CPU build) and transformers.
 bench-deps:
@@ -27,6 +27,10 @@ bench-serving:
 bench-tflite:
 	$(PYTHON) benchmarks/bench_tflite.py $(ARGS)
 
+# Causal self-attention under XLA: tfzoo's query blocks vs its one mask vs Keras' layer.
+bench-attention:
+	$(PYTHON) benchmarks/bench_attention.py $(ARGS)
+
 # Smoke tests with tiny sizes (about 2 minutes in all).
 bench-quick:
 	$(PYTHON) benchmarks/bench_gpt.py --quick
@@ -34,6 +38,7 @@ bench-quick:
 	$(PYTHON) benchmarks/bench_seq2seq.py --quick
 	$(PYTHON) benchmarks/bench_serving.py --quick
 	$(PYTHON) benchmarks/bench_tflite.py --quick
+	$(PYTHON) benchmarks/bench_attention.py --quick
 
 # Where a tiny-GPT training step and a decoding step spend their time (about 1 minute).
 profile-gpt:

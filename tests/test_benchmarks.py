@@ -66,6 +66,25 @@ def test_bench_seq2seq_quick_mode_measures_every_setup_and_records_the_machine(t
     assert "CPU allocator pooled (BFC)" in result.stdout
 
 
+def test_bench_attention_quick_mode_splits_the_queries_and_changes_nothing(tmp_path):
+    output = tmp_path / "attention_quick.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "bench_attention.py"), "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    setups = {"tfzoo, query blocks", "tfzoo, one mask", "keras.layers.MultiHeadAttention"}
+    for length in ("256", "512"):
+        # The XLA function traced one product per query block, the other one in all.
+        assert report["attention_products_traced"][length] == {"tfzoo, query blocks": int(length) // 128,
+                                                               "tfzoo, one mask": 1}
+        assert report["relative_difference"][length] < 1e-5  # output and gradients, blocks vs one mask
+        assert set(report["seconds_per_call"][length]) == setups
+        assert all(len(values) == report["rounds"] for values in report["seconds_per_call"][length].values())
+    assert "| 4 x 256 | 2 |" in result.stdout and report["machine"]["cpu_count"] >= 1
+
+
 def test_benchmarks_cpu_allocator_flag_sets_tensorflows_variable(monkeypatch):
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     import common

@@ -23,6 +23,7 @@ from tfzoo.layers import (
     pack_tokens,
     unpack_tokens,
 )
+from tfzoo.layers.attention import causal_query_blocks, in_xla_function
 
 ATOL = 1e-5
 RTOL = 1e-5
@@ -434,6 +435,61 @@ def test_in_place_cache_writes_under_xla_equal_the_default(rng):
     np.testing.assert_allclose(in_place, default, atol=1e-6)
     np.testing.assert_array_equal(in_place_cache, default_cache)
     assert_close(default, np.asarray(layer(x, use_causal_mask=True)))
+
+
+def test_causal_query_blocks_cover_the_sequence():
+    assert causal_query_blocks(None) is None and causal_query_blocks(255) is None
+    assert causal_query_blocks(256) == [(0, 128), (128, 256)]
+    assert causal_query_blocks(400) == [(0, 134), (134, 268), (268, 400)]
+    assert causal_query_blocks(4096) == [(start, start + 512) for start in range(0, 4096, 512)]
+    for length in (256, 257, 300, 511, 512, 700, 1024):
+        blocks = causal_query_blocks(length)
+        assert 2 <= len(blocks) <= 8 and blocks[0][0] == 0 and blocks[-1][1] == length
+        assert all(end == next_start for (_, end), (next_start, _) in zip(blocks, blocks[1:]))
+
+
+@pytest.mark.parametrize("length, masks", [(256, False), (300, True)])
+def test_block_causal_attention_under_xla_equals_the_full_mask(rng, length, masks):
+    # Under XLA, causal self-attention splits its queries into blocks that skip the keys
+    # after them; outputs and gradients must match the one-mask path and NumPy.
+    layer = MultiHeadAttention(num_heads=2, key_dim=8)
+    x = random(rng, 2, length, 16)
+    padding = explicit = None
+    mask = np.tril(np.ones((length, length), bool))[None]
+    if masks:
+        padding = np.ones((2, length), bool)
+        padding[0, 150:] = False
+        padding[1, 3] = False
+        explicit = rng.random((2, length, length)) < 0.8
+        explicit[:, :, 0] = True
+        mask = mask & padding[:, None, :] & explicit
+    layer(x)  # build outside the functions, which then trace once each
+    attend_calls = []
+    attend = layer._attend
+    layer._attend = lambda *arguments: attend_calls.append(1) or attend(*arguments)
+
+    def loss_and_gradients(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            output = layer(x, key_padding_mask=padding, attention_mask=explicit, use_causal_mask=True)
+            loss = tf.reduce_sum(output * tf.sin(tf.range(output.shape[-1], dtype=output.dtype)))
+        return (output,) + tuple(tape.gradient(loss, [x] + layer.trainable_weights))
+
+    x = tf.constant(x)
+    blocked = tf.function(loss_and_gradients, jit_compile=True)(x)
+    assert len(attend_calls) == len(causal_query_blocks(length))
+    attend_calls.clear()
+    full = tf.function(loss_and_gradients)(x)  # no XLA: one mask over all keys
+    assert len(attend_calls) == 1
+    assert_close(blocked[0], mha_np(layer, np.asarray(x), mask=mask)[0])
+    for ours, reference in zip(blocked, full):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=2e-5, rtol=1e-4)
+
+
+def test_in_xla_function():
+    assert not in_xla_function()  # eager
+    assert not tf.function(in_xla_function)()
+    assert tf.function(in_xla_function, jit_compile=True)()
 
 
 def test_mha_precomputed_cross_attention_cache(rng):
