@@ -15,10 +15,12 @@ pytestmark = pytest.mark.slow
 def test_bench_bert_quick_mode_writes_ratios_and_targets(tmp_path):
     output = tmp_path / "bench_bert_quick.json"
     result = subprocess.run(
-        # TensorFlow's own allocator here (tfzoo's default, pooled, runs everywhere else).
+        # TensorFlow's own allocator here (tfzoo's default, pooled, runs everywhere else), and
+        # oneDNN off: its allocator, on by default on AVX512-VNNI/BF16 CPUs, pools as well.
         [sys.executable, os.path.join(REPO, "benchmarks", "bench_bert.py"), "--quick", "--no-torch",
          "--cpu-allocator", "default", "--output", str(output)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())

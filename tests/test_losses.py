@@ -267,7 +267,9 @@ def test_the_compiled_loss_holds_no_extra_copy_of_the_logits():
     # kernel at the step's peak (+260 MiB for 128 MiB of logits, measured).
     # TensorFlow's default allocator, which maps each step's buffers afresh, so that the
     # high-water mark sees them; tfzoo's pool would keep them resident from the first step.
-    result = run_python(LOSS_MEMORY, env={"TF_CPP_MIN_LOG_LEVEL": "3", "TF_CPU_ALLOCATOR_USE_BFC": "false"})
+    # oneDNN off: its CPU allocator (on by default on AVX512-VNNI/BF16 CPUs) pools as well.
+    result = run_python(LOSS_MEMORY, env={"TF_CPP_MIN_LOG_LEVEL": "3", "TF_CPU_ALLOCATOR_USE_BFC": "false",
+                                          "TF_ENABLE_ONEDNN_OPTS": "0"})
     assert result.returncode == 0, result.stderr[-2000:]
     peaks = {name: float(value) for name, value in (line.split() for line in result.stdout.splitlines())}
     logits_mib = 8 * 256 * 8192 * 4 / 2**20

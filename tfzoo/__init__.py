@@ -61,7 +61,10 @@ def _pool_cpu_memory():
     it starts its runtime (the first op or tensor, or a `tf.config` call that lists
     logical devices), so importing tfzoo after `import tensorflow` is fine, after an op
     is too late; `cpu_memory_is_pooled()` says whether it took. Set the variable to
-    "false" to keep TensorFlow's default.
+    "false" to keep TensorFlow's default. Where TensorFlow turns oneDNN on (by default
+    on CPUs with AVX512-VNNI, AVX512-BF16 or AMX, or with `TF_ENABLE_ONEDNN_OPTS=1`), its
+    oneDNN CPU allocator pools memory already, whatever this variable says (measured on
+    an AVX512-BF16 EPYC, tests/test_cpu_memory.py).
     """
     os.environ.setdefault(POOLED_CPU_MEMORY_VARIABLE, "true")
 
@@ -73,7 +76,8 @@ def cpu_memory_is_pooled():
     """Whether TensorFlow's CPU memory comes from its pooling (BFC) allocator.
 
     False when TensorFlow had started its runtime before tfzoo was imported, or when the
-    user set `TF_CPU_ALLOCATOR_USE_BFC=false`. It tells by the allocator's statistics,
+    user set `TF_CPU_ALLOCATOR_USE_BFC=false`, unless oneDNN's allocator, which pools as
+    well, is in use (see `_pool_cpu_memory`). It tells by the allocator's statistics,
     which only the pool keeps (unless something turned on TensorFlow's CPU allocator
     statistics, as Grappler's peak-memory tools do: then it says True either way). It
     starts TensorFlow's runtime, as any op would: configure devices and threads first.
