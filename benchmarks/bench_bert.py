@@ -63,6 +63,7 @@ SETTINGS = {
         batch_size=32,
         sequence_length=128,
         min_length=64,  # real lengths are uniform in min_length..sequence_length
+        padded_length=512,  # the encode_padded row: the same batch padded to this, as preprocessors do
         warmup_calls=1,  # after the first (tracing/compiling) call
         calls=12,  # timed calls per system per round, interleaved; the median call is reported
         predict_variants=("default", "xla"),
@@ -74,6 +75,7 @@ SETTINGS = {
         batch_size=4,
         sequence_length=32,
         min_length=16,
+        padded_length=64,
         warmup_calls=1,
         calls=2,
         predict_variants=("default", "xla"),
@@ -94,7 +96,8 @@ def parse_args(argv=None):
 def systems(kind="function"):
     """PyTorch has no `model.predict`: it takes part in the forward-pass rows only. The
     `encode` row is tfzoo's padding-free `BertEncoder.encode` against keras-hub's forward
-    pass (a peer with no such mode), both with XLA."""
+    pass (a peer with no such mode), both with XLA; so is `encode_padded`, on the same
+    batch padded to `padded_length`."""
     with_torch = TORCH is not None and kind == "function"
     return (TFZOO, KERAS_HUB) + ((HF_TORCH,) if with_torch else ())
 
@@ -198,6 +201,16 @@ def make_inputs(settings, vocabulary_size, seed=0, tensorflow=True):
     return numpy_inputs, tensor_inputs, lengths
 
 
+def pad_inputs(numpy_inputs, length):
+    """The TensorFlow systems' inputs padded with more padding columns, up to `length`."""
+    import tensorflow as tf
+
+    padded = {system: {key: np.pad(value, ((0, 0), (0, length - value.shape[1])))
+                       for key, value in numpy_inputs[system].items()} for system in (TFZOO, KERAS_HUB)}
+    return padded, {system: {key: tf.constant(value) for key, value in inputs.items()}
+                    for system, inputs in padded.items()}
+
+
 def check_outputs(system, outputs, settings, hidden_dim):
     sequence = np.asarray(outputs["sequence_output"])
     pooled = np.asarray(outputs["pooled_output"])
@@ -231,7 +244,7 @@ def make_call(kind, variant, model, inputs, settings, system=TFZOO):
                     "pooled_output": outputs.pooler_output.numpy()}
 
         return call, False
-    if kind == "encode" and system == TFZOO:
+    if kind in ("encode", "encode_padded") and system == TFZOO:
         # The packing is planned from the NumPy padding mask, then one compiled call.
         def call():
             outputs = model.encode(inputs, jit_compile=JIT[variant])
@@ -239,7 +252,7 @@ def make_call(kind, variant, model, inputs, settings, system=TFZOO):
             return outputs
 
         return call, JIT[variant]
-    if kind in ("function", "encode"):
+    if kind in ("function", "encode", "encode_padded"):
         function = make_forward(model, JIT[variant])
 
         def call():
@@ -272,10 +285,13 @@ def measure_pair(kind, variant, round_index, settings, tensor_inputs, numpy_inpu
     """
     order = order_for_round(round_index, systems(kind))
     models, calls, jits, first = {}, {}, {}, {}
+    if kind == "encode_padded":  # the batch padded to padded_length: the outputs have that length
+        settings = dict(settings, sequence_length=settings["padded_length"])
     for system in order:
         models[system] = build(system, settings["preset"], seed=round_index)
-        inputs = numpy_inputs[system] if kind == "predict" or (kind, system) == ("encode", TFZOO) \
-            else tensor_inputs[system]
+        # tfzoo's encode plans its packing from NumPy arrays.
+        numpy = kind == "predict" or (kind in ("encode", "encode_padded") and system == TFZOO)
+        inputs = numpy_inputs[system] if numpy else tensor_inputs[system]
         calls[system], jits[system] = make_call(kind, variant, models[system], inputs, settings, system)
         first[system], outputs = timed(calls[system])
         check_outputs(system, outputs, settings, hidden_dim)
@@ -298,14 +314,17 @@ def run(settings, rounds, log, with_predict=True):
     real = lengths.sum() / lengths.size / settings["sequence_length"]
     log(f"  inputs: batch {settings['batch_size']} x {settings['sequence_length']}, real lengths "
         f"{lengths.min()}..{lengths.max()} (mean {lengths.mean():.1f}, {real:.0%} real tokens)")
-    parts = [("function", variant) for variant in ("xla", "default")] + [("encode", "xla")]
+    parts = [("function", variant) for variant in ("xla", "default")] + [("encode", "xla"), ("encode_padded", "xla")]
+    padded_numpy, padded_tensors = pad_inputs(numpy_inputs, settings["padded_length"])
     if with_predict:
         parts += [("predict", variant) for variant in settings["predict_variants"]]
     measures, checks = {}, dict(lengths=lengths.tolist())
     for round_index in range(rounds):
         for kind, variant in parts:
+            padded = kind == "encode_padded"
             order, first, seconds, jits, parameters = measure_pair(
-                kind, variant, round_index, settings, tensor_inputs, numpy_inputs, arguments["hidden_dim"]
+                kind, variant, round_index, settings, padded_tensors if padded else tensor_inputs,
+                padded_numpy if padded else numpy_inputs, arguments["hidden_dim"]
             )
             if len(set(parameters.values())) != 1:
                 raise RuntimeError(f"parameter counts differ: {parameters}")
@@ -338,6 +357,9 @@ def describe_measures(settings):
             rows.append((f"{kind}_{variant}_sequences_per_second", f"{what} sequences/s, {shape}, {name}", "higher"))
     rows.append(("encode_xla_sequences_per_second",
                  f"tfzoo encode (padding skipped) vs keras-hub tf.function(model), sequences/s, {shape}, XLA", "higher"))
+    rows.append(("encode_padded_xla_sequences_per_second",
+                 f"the same batch padded to {settings['padded_length']}: tfzoo encode vs keras-hub "
+                 "tf.function(model), sequences/s, XLA", "higher"))
     for kind, what in (("function", "tf.function(model)"), ("predict", "model.predict")):
         for variant in ("xla", "default"):
             name = {"xla": "XLA", "default": "no XLA"}[variant]

@@ -471,3 +471,26 @@ def test_encode_skips_padding_and_equals_the_forward_pass_at_real_tokens(jit_com
                                numpy_outputs(encoder(no_padding))["sequence_output"], atol=1e-5)
     with pytest.raises(ValueError, match="bucket"):
         encoder.encode(features, bucket=0)
+
+
+def test_encode_cuts_the_grid_after_the_last_real_token(monkeypatch):
+    encoder = small_encoder(sequence_length=80)
+    texts = ["the cat sat on the mat", "we eat", "a big red house"]
+    features = packed_batch(texts, length=80)  # at most 8 real tokens a row, padded to 80
+    mask = features["padding_mask"]
+    full = numpy_outputs(encoder(features))
+    grids = []
+    forward = encoder._packed_forward
+    monkeypatch.setattr(encoder, "_packed_forward",
+                        lambda token_ids, *rest: grids.append(tuple(token_ids.shape)) or forward(token_ids, *rest))
+    packed = numpy_outputs(encoder.encode(features, jit_compile=False))
+    assert grids == [(3, 32)]  # the last real column is under 32: the attention ran on 3 x 32
+    assert packed["sequence_output"].shape == full["sequence_output"].shape
+    np.testing.assert_allclose(packed["sequence_output"][mask], full["sequence_output"][mask], atol=1e-5)
+    assert np.all(packed["sequence_output"][~mask] == 0)
+    np.testing.assert_allclose(packed["pooled_output"], full["pooled_output"], atol=1e-5)
+    # A real token in the last column keeps the whole grid.
+    features["padding_mask"][0, -1] = True
+    encoder._untracked.packed_forward.clear()  # a fresh function traces the concrete shape
+    encoder.encode(features, jit_compile=False)
+    assert grids[-1] == (3, 80)
