@@ -62,7 +62,7 @@ def causal_query_blocks(length):
     masked for it, so leaving them out gives the same result with fewer products and a
     smaller softmax. Blocks of about 128 queries, at most 8 of them; `None` under 256
     tokens, where the split saved nothing. Under XLA on 2 cores the whole layer, forward
-    and backward, took 10% less time at 256 tokens and about 30% less at 512-1024 (see
+    and backward, took 6-12% less time at 256 tokens and about 30% less at 512-1024 (see
     benchmarks/bench_attention.py and benchmarks/RESULTS.md).
 
     Example:
