@@ -84,6 +84,7 @@ SETTINGS = {
     ),
 }
 JIT = {"xla": True, "default": False}
+ENCODE_KINDS = ("encode", "encode_padded")  # tfzoo's encode against keras-hub's forward pass
 
 
 def parse_args(argv=None):
@@ -188,10 +189,7 @@ def make_inputs(settings, vocabulary_size, seed=0, tensorflow=True):
     }
     tensor_inputs = {}
     if tensorflow:
-        import tensorflow as tf
-
-        tensor_inputs = {system: {key: tf.constant(value) for key, value in inputs.items()}
-                         for system, inputs in numpy_inputs.items()}
+        tensor_inputs = as_tensors(numpy_inputs)
     if TORCH is not None:
         tensor_inputs[HF_TORCH] = {
             "input_ids": TORCH.from_numpy(token_ids.astype(np.int64)),
@@ -201,14 +199,20 @@ def make_inputs(settings, vocabulary_size, seed=0, tensorflow=True):
     return numpy_inputs, tensor_inputs, lengths
 
 
-def pad_inputs(numpy_inputs, length):
-    """The TensorFlow systems' inputs padded with more padding columns, up to `length`."""
+def as_tensors(numpy_inputs):
+    """Each system's NumPy inputs as TensorFlow constants."""
     import tensorflow as tf
 
+    return {system: {key: tf.constant(value) for key, value in inputs.items()}
+            for system, inputs in numpy_inputs.items()}
+
+
+def pad_inputs(numpy_inputs, length):
+    """The TensorFlow systems' inputs padded with more padding columns, up to `length`:
+    as NumPy arrays and as tensors."""
     padded = {system: {key: np.pad(value, ((0, 0), (0, length - value.shape[1])))
                        for key, value in numpy_inputs[system].items()} for system in (TFZOO, KERAS_HUB)}
-    return padded, {system: {key: tf.constant(value) for key, value in inputs.items()}
-                    for system, inputs in padded.items()}
+    return padded, as_tensors(padded)
 
 
 def check_outputs(system, outputs, settings, hidden_dim):
@@ -244,7 +248,7 @@ def make_call(kind, variant, model, inputs, settings, system=TFZOO):
                     "pooled_output": outputs.pooler_output.numpy()}
 
         return call, False
-    if kind in ("encode", "encode_padded") and system == TFZOO:
+    if kind in ENCODE_KINDS and system == TFZOO:
         # The packing is planned from the NumPy padding mask, then one compiled call.
         def call():
             outputs = model.encode(inputs, jit_compile=JIT[variant])
@@ -252,7 +256,7 @@ def make_call(kind, variant, model, inputs, settings, system=TFZOO):
             return outputs
 
         return call, JIT[variant]
-    if kind in ("function", "encode", "encode_padded"):
+    if kind == "function" or kind in ENCODE_KINDS:
         function = make_forward(model, JIT[variant])
 
         def call():
@@ -290,7 +294,7 @@ def measure_pair(kind, variant, round_index, settings, tensor_inputs, numpy_inpu
     for system in order:
         models[system] = build(system, settings["preset"], seed=round_index)
         # tfzoo's encode plans its packing from NumPy arrays.
-        numpy = kind == "predict" or (kind in ("encode", "encode_padded") and system == TFZOO)
+        numpy = kind == "predict" or (kind in ENCODE_KINDS and system == TFZOO)
         inputs = numpy_inputs[system] if numpy else tensor_inputs[system]
         calls[system], jits[system] = make_call(kind, variant, models[system], inputs, settings, system)
         first[system], outputs = timed(calls[system])
