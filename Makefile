@@ -2,10 +2,10 @@
 # transformers on PyTorch when installed (make bench-deps); see benchmarks/README.md.
 PYTHON ?= .venv/bin/python
 
-.PHONY: bench bench-deps bench-quick bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite bench-attention profile-gpt
+.PHONY: bench bench-deps bench-quick bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite bench-attention bench-fused-gelu profile-gpt
 
 # Full runs, one after the other (about 30-40 minutes on 2 cores). Extra flags: make bench ARGS="--rounds 5"
-bench: bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite bench-attention
+bench: bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite bench-attention bench-fused-gelu
 
 # The optional PyTorch peer: torch==2.13.0 (the CPU build) and transformers.
 bench-deps:
@@ -31,6 +31,10 @@ bench-tflite:
 bench-attention:
 	$(PYTHON) benchmarks/bench_attention.py $(ARGS)
 
+# The fused GELU in training (no XLA) against the plain ops: one GELU, and the tiny-GPT step.
+bench-fused-gelu:
+	$(PYTHON) benchmarks/bench_fused_gelu.py $(ARGS)
+
 # Smoke tests with tiny sizes (about 2 minutes in all).
 bench-quick:
 	$(PYTHON) benchmarks/bench_gpt.py --quick
@@ -39,6 +43,7 @@ bench-quick:
 	$(PYTHON) benchmarks/bench_serving.py --quick
 	$(PYTHON) benchmarks/bench_tflite.py --quick
 	$(PYTHON) benchmarks/bench_attention.py --quick
+	$(PYTHON) benchmarks/bench_fused_gelu.py --quick
 
 # Where a tiny-GPT training step and a decoding step spend their time (about 1 minute).
 profile-gpt:

@@ -89,6 +89,25 @@ def test_bench_attention_quick_mode_splits_the_queries_and_changes_nothing(tmp_p
     assert "| 4 x 256 | 2 |" in result.stdout and report["machine"]["cpu_count"] >= 1
 
 
+def test_bench_fused_gelu_quick_mode_compares_the_two_and_they_agree(tmp_path):
+    output = tmp_path / "fused_gelu_quick.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "bench_fused_gelu.py"), "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert set(report["gelu"]) == {f"{policy} {shape}" for policy in ("float32", "mixed_bfloat16")
+                                   for shape in ("64x128", "256x512")}
+    for policy, tolerance in (("float32", 1e-5), ("mixed_bfloat16", 0.05)):
+        assert report["gelu"][f"{policy} 256x512"]["gradient_max_difference"] < tolerance
+        training = report["training"][policy]
+        assert all(len(rates) == report["rounds"] and min(rates) > 0 for rates in training["tokens_per_second"].values())
+        losses = training["last_loss"]
+        assert abs(losses["fused"] - losses["plain ops"]) < 1e-3 * abs(losses["plain ops"])  # the same training
+    assert "| training tokens/s, batch 4x32, float32, no XLA |" in result.stdout
+
+
 def test_benchmarks_cpu_allocator_flag_sets_tensorflows_variable(monkeypatch):
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     import common

@@ -23,6 +23,8 @@ from tfzoo.layers import (
     pack_tokens,
     unpack_tokens,
 )
+from tfzoo.layers import activations
+from tfzoo.layers.activations import fused_activation, get_activation
 from tfzoo.layers.attention import causal_query_blocks, in_xla_function
 
 ATOL = 1e-5
@@ -618,6 +620,85 @@ def test_block_activations_match_numpy(rng, activation):
         assert np.abs(np.asarray(twin(x), "float64") - expected).max() > 10 * ATOL
 
 
+@pytest.mark.parametrize("name", ["gelu", "gelu_approximate"])
+def test_fused_gelu_matches_numpy_and_finite_differences(rng, name):
+    """The fused GELUs against the NumPy formulas, and their hand-written gradients
+    against central differences of those formulas, in float64."""
+    x = np.concatenate([np.linspace(-7.0, 7.0, 141), 3.0 * rng.standard_normal(59)])
+    upstream = rng.standard_normal(x.shape)
+    inputs = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = fused_activation(name)(inputs)
+    gradient = tape.gradient(outputs, inputs, output_gradients=tf.constant(upstream))
+    formula, step = ACTIVATIONS_NP[name], 1e-6
+    np.testing.assert_allclose(outputs.numpy(), formula(x), atol=1e-12, rtol=1e-12)
+    np.testing.assert_allclose(
+        gradient.numpy(), upstream * (formula(x + step) - formula(x - step)) / (2 * step), atol=1e-8, rtol=1e-7
+    )
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_approximate"])
+def test_fused_gelu_keeps_the_input_dtype_and_rounds_once_in_bfloat16(rng, name):
+    x = 3.0 * random(rng, 64, 32)
+    upstream = random(rng, 64, 32)
+    expected = ACTIVATIONS_NP[name](x.astype("float64"))
+    for dtype, tolerance in (("float32", 1e-6), ("bfloat16", 2.0**-8)):  # bfloat16: 8 bits of mantissa
+        inputs = tf.cast(tf.constant(x), dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = fused_activation(name)(inputs)
+        gradient = tape.gradient(outputs, inputs, output_gradients=tf.cast(upstream, dtype))
+        assert outputs.dtype == dtype and gradient.dtype == dtype
+        exact_inputs = np.asarray(tf.cast(inputs, "float64"))  # the bfloat16 inputs are rounded already
+        np.testing.assert_allclose(
+            np.asarray(tf.cast(outputs, "float64")), ACTIVATIONS_NP[name](exact_inputs), rtol=tolerance, atol=tolerance
+        )
+    assert np.abs(np.asarray(tf.cast(outputs, "float64")) - expected).max() > 1e-6  # bfloat16 does round
+
+
+def test_fused_activation_is_only_for_the_gelus():
+    assert fused_activation("relu") is None and fused_activation(get_activation("gelu")) is None
+
+
+def test_small_activations_keep_the_plain_ops_in_training(rng):
+    """Under FUSED_MIN_ELEMENTS a fused pass costs more than it saves (bench_fused_gelu.py)."""
+    assert not activations.worth_fusing(tf.zeros((2, 5, 12)))
+    assert activations.worth_fusing(tf.zeros((64, activations.FUSED_MIN_ELEMENTS // 64)))
+    assert activations.worth_fusing(tf.TensorSpec((None, 5, 12)))  # a shape not known while tracing
+    block = TransformerBlock(num_heads=2, intermediate_dim=12, activation="gelu")
+    x = random(rng, 2, 5, 8)
+    block(x)
+    fused, calls = block.fused_activation_function, []
+    block.fused_activation_function = lambda hidden: calls.append(1) or fused(hidden)
+    block(x, training=True)
+    assert calls == []
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_approximate", "relu"])
+def test_block_in_training_runs_the_fused_activation_with_the_same_values(rng, activation, monkeypatch):
+    """With dropout 0, training=True (the fused GELU) and training=False (the plain ops,
+    checked against NumPy above) give the same outputs and gradients."""
+    monkeypatch.setattr(activations, "FUSED_MIN_ELEMENTS", 0)  # this block's activations are tiny
+    block = TransformerBlock(num_heads=2, intermediate_dim=12, activation=activation, causal=True)
+    x = tf.constant(2.0 * random(rng, 2, 5, 8))
+    weights = tf.constant(random(rng, 2, 5, 8))
+    block(x)
+    randomize_norms(block, rng)
+    fused, calls = block.fused_activation_function, []
+    if fused is not None:
+        block.fused_activation_function = lambda hidden: calls.append(1) or fused(hidden)
+    results = {}
+    for training in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(block(x, training=training) * weights)
+        results[training] = [loss] + tape.gradient(loss, [x] + block.trainable_variables)
+    assert len(calls) == (0 if fused is None else 1)  # once, in training
+    for fused_value, plain_value in zip(results[True], results[False]):
+        np.testing.assert_allclose(fused_value.numpy(), plain_value.numpy(), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("normalize_first", [False, True], ids=["post_norm", "pre_norm"])
 def test_block_residual_order_from_sublayers(rng, normalize_first):
     """Pre-norm and post-norm wiring, written with the block's own sublayers."""
@@ -627,7 +708,7 @@ def test_block_residual_order_from_sublayers(rng, normalize_first):
     randomize_norms(block, rng)
 
     def feed_forward(h):
-        return block.output_dense(block.intermediate_dense(h))
+        return block.output_dense(block.activation_function(block.intermediate_dense(h)))
 
     if normalize_first:
         h = x + block.self_attention(block.self_attention_norm(x))

@@ -437,7 +437,8 @@ block_output = np.asarray(block(block_inputs, padding_mask=padding_mask))
 h = block_inputs + block.self_attention(
     block.self_attention_norm(block_inputs), key_padding_mask=padding_mask, use_causal_mask=True
 )
-rebuilt = h + block.output_dense(block.intermediate_dense(block.feed_forward_norm(h)))
+feed_forward = block.output_dense(block.activation_function(block.intermediate_dense(block.feed_forward_norm(h))))
+rebuilt = h + feed_forward
 np.testing.assert_allclose(block_output, rebuilt, rtol=1e-4, atol=1e-5)
 print("OK: TransformerBlock output = x + attention(norm(x)), then + feed_forward(norm(.))")
 

@@ -2,20 +2,9 @@
 
 import keras
 
+from tfzoo.layers.activations import fused_activation, get_activation, worth_fusing
 from tfzoo.layers.attention import MultiHeadAttention
 from tfzoo.validation import dropout_rate, positive_int
-
-
-def gelu_approximate(x):
-    """GELU with the tanh approximation, as GPT-2 and BERT's original code use."""
-    return keras.activations.gelu(x, approximate=True)
-
-
-def get_activation(activation):
-    """An activation function from a Keras name, "gelu_approximate", or a callable."""
-    if activation == "gelu_approximate":
-        return gelu_approximate
-    return keras.activations.get(activation)
 
 
 @keras.saving.register_keras_serializable(package="tfzoo")
@@ -32,7 +21,8 @@ class TransformerBlock(keras.layers.Layer):
         intermediate_dim: hidden width of the feed-forward network.
         dropout: dropout rate after each sublayer and on attention probabilities.
         activation: activation of the feed-forward network: a Keras name,
-            "gelu_approximate" (GPT-2, BERT), or a callable.
+            "gelu_approximate" (GPT-2, BERT), or a callable. In training, "gelu" and
+            "gelu_approximate" run fused (`tfzoo.layers.activations`): the same values.
         normalize_first: pre-norm (True) or post-norm (False).
         causal: whether self-attention is causal (decoders) or not (encoders).
         cross_attention: add a cross-attention sublayer over `encoder_outputs`
@@ -128,9 +118,12 @@ class TransformerBlock(keras.layers.Layer):
             self.cross_attention_layer = self._attention("cross_attention", hidden_dim, False)
             self.cross_attention_layer.build(inputs_shape, encoder_outputs_shape or inputs_shape)
             self.cross_attention_norm = self._norm("cross_attention_norm", inputs_shape)
+        # The activation is applied in `call`: in training, a GELU runs fused (see
+        # tfzoo.layers.activations), the same values in one pass each way.
+        self.activation_function = get_activation(self.activation)
+        self.fused_activation_function = fused_activation(self.activation)
         self.intermediate_dense = keras.layers.Dense(
             self.intermediate_dim,
-            activation=get_activation(self.activation),
             kernel_initializer=self._initializer(),
             dtype=self.dtype_policy,
             name="intermediate",
@@ -197,7 +190,12 @@ class TransformerBlock(keras.layers.Layer):
             x, = self._residual(x, self.cross_attention_norm, cross_attention, training)
 
         def feed_forward(x):
-            return (self.output_dense(self.intermediate_dense(x)),)
+            hidden = self.intermediate_dense(x)
+            if training and self.fused_activation_function is not None and worth_fusing(hidden):
+                hidden = self.fused_activation_function(hidden)
+            else:
+                hidden = self.activation_function(hidden)
+            return (self.output_dense(hidden),)
 
         x, = self._residual(x, self.feed_forward_norm, feed_forward, training)
         if cache is not None:

@@ -15,7 +15,7 @@ from keras import ops
 from tfzoo.generation.decoding import round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock
 from tfzoo.layers.attention import pack_tokens, unpack_tokens
-from tfzoo.layers.transformer import get_activation
+from tfzoo.layers.activations import get_activation
 from tfzoo.models.presets import BERT_PRESETS, preset_arguments
 from tfzoo.tracking import Untracked
 from tfzoo.validation import dropout_rate, positive_int
