@@ -12,6 +12,14 @@ from tests.helpers import REPO
 pytestmark = pytest.mark.slow
 
 
+def run_quick(script, output):
+    """`benchmarks/<script> --quick --output <output>` in a fresh process; its finished run."""
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", script), "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
 def test_bench_bert_quick_mode_writes_ratios_and_targets(tmp_path):
     output = tmp_path / "bench_bert_quick.json"
     result = subprocess.run(
@@ -72,10 +80,7 @@ def test_bench_seq2seq_quick_mode_measures_every_setup_and_records_the_machine(t
 
 def test_bench_attention_quick_mode_splits_the_queries_and_changes_nothing(tmp_path):
     output = tmp_path / "attention_quick.json"
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "benchmarks", "bench_attention.py"), "--quick", "--output", str(output)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    result = run_quick("bench_attention.py", output)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     setups = {"tfzoo, query blocks", "tfzoo, one mask", "keras.layers.MultiHeadAttention"}
@@ -91,10 +96,7 @@ def test_bench_attention_quick_mode_splits_the_queries_and_changes_nothing(tmp_p
 
 def test_bench_fused_gelu_quick_mode_compares_the_two_and_they_agree(tmp_path):
     output = tmp_path / "fused_gelu_quick.json"
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "benchmarks", "bench_fused_gelu.py"), "--quick", "--output", str(output)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    result = run_quick("bench_fused_gelu.py", output)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     assert set(report["gelu"]) == {f"{policy} {shape}" for policy in ("float32", "mixed_bfloat16")
