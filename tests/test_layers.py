@@ -683,7 +683,6 @@ def test_exact_gelu_converts_to_the_tflite_gelu_builtin():
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     interpreter = tf.lite.Interpreter(model_content=converter.convert())
     assert [op["op_name"] for op in interpreter._get_ops_details()] == ["GELU"]
-    interpreter.allocate_tensors()
     x = np.linspace(-6.0, 6.0, 16, dtype="float32").reshape(2, 8)
     interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], x.shape)
     interpreter.allocate_tensors()
