@@ -45,6 +45,10 @@ def test_bench_bert_quick_mode_writes_ratios_and_targets(tmp_path):
     assert set(encode["systems"]) == {"tfzoo", "keras_hub"} and encode["systems"]["tfzoo"]["median"] > 0
     padded = rows["encode_padded_xla_sequences_per_second"]  # the same batch padded further
     assert set(padded["systems"]) == {"tfzoo", "keras_hub"} and padded["systems"]["tfzoo"]["median"] > 0
+    # The matmul peak was measured at the start and at the end; the better one is used.
+    peak = report["matmul_peak"]
+    assert len(peak["measurements"]) == 2
+    assert peak["peak_gflops"] == max(measured["peak_gflops"] for measured in peak["measurements"]) > 0
     # The peak-memory children ran (their own processes) and reported a high-water mark.
     assert all(report["peak_memory"][system]["peak_bytes"] > 0 for system in ("tfzoo", "keras_hub"))
     # --cpu-allocator reached TensorFlow in the run and was handed to its memory children.
