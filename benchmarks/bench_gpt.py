@@ -40,10 +40,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    HF_TORCH, KERAS_HUB, RESULTS, SHORT_LABELS, TFZOO, Logger, add_peer_arguments, benchmark_parser, best_peak, check_targets,
-    checked_args, format_memory_table, format_mfu_table, format_table, format_targets, forward_flops_per_token,
-    import_for_memory_child, load_average, measure_matmul_peak, order_for_round, parameter_count, print_report,
-    report_peak_memory, resident_bytes, run_memory_children, seeded_build, start_run, summarize, write_json,
+    HF_TORCH, KERAS_HUB, RESULTS, SHORT_LABELS, TFZOO, Logger, add_peer_arguments, benchmark_parser, best_peak,
+    check_targets, checked_args, format_memory_table, format_mfu_table, format_table, format_targets,
+    forward_flops_per_token, import_for_memory_child, load_average, measure_matmul_peak, order_for_round,
+    parameter_count, print_report, report_peak_memory, resident_bytes, run_memory_children, seeded_build, start_run,
+    summarize, write_json,
 )
 SYSTEM_NAMES = {TFZOO: "tfzoo GPT", KERAS_HUB: "keras-hub GPT2", HF_TORCH: "HF GPT2LMHeadModel"}
 # Set by main() when PyTorch and transformers are installed (and not --no-torch).
