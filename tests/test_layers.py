@@ -20,12 +20,13 @@ from tfzoo.layers import (
     TransformerBlock,
     cache_writes_in_place,
     causal_mask,
+    on_tokens,
     pack_tokens,
     unpack_tokens,
 )
 from tfzoo.layers import activations
 from tfzoo.layers.activations import fused_activation, get_activation
-from tfzoo.layers.attention import causal_query_blocks, in_xla_function
+from tfzoo.layers.attention import causal_query_blocks, in_xla_function, write_to_cache
 
 ATOL = 1e-5
 RTOL = 1e-5
@@ -410,6 +411,64 @@ def test_mha_cache_in_tf_function_with_tensor_index(rng):
     cache = (tf.zeros((1, 2, 4, 4)), tf.zeros((1, 2, 4, 4)))
     for index in range(4):
         output, cache = step(x[:, index:index + 1], cache, tf.constant(index, tf.int32))
+        assert_close(output[:, 0], full[:, index])
+
+
+@pytest.mark.parametrize("length", [1, 3])
+@pytest.mark.parametrize("static_shapes", [True, False])
+def test_write_to_cache_matches_numpy(rng, length, static_shapes):
+    # One token takes the select-only path, several the gather + select path; both, with
+    # the shapes known or unknown at trace time, equal a numpy slice assignment.
+    cache = random(rng, 2, 3, 7, 4).astype("float32")
+    update = random(rng, 2, 3, length, 4).astype("float32")
+    signature = None if static_shapes else [
+        tf.TensorSpec([None, 3, None, 4]), tf.TensorSpec([None, 3, length, 4]), tf.TensorSpec([], tf.int32)]
+    write = tf.function(lambda cache, update, index: write_to_cache(cache, update, index), input_signature=signature)
+    for index in (0, 2, 7 - length):
+        expected = cache.copy()
+        expected[:, :, index:index + length] = update
+        np.testing.assert_array_equal(write(cache, update, tf.constant(index, tf.int32)), expected)
+
+
+def test_on_tokens_equals_the_dense_layer_without_shape_ops_for_an_unknown_batch(rng):
+    dense = keras.layers.Dense(3)
+    x = random(rng, 2, 5, 4).astype("float32")
+    expected = np.asarray(dense(x))
+    signature = [tf.TensorSpec([None, 5, 4])]
+    tokenwise = tf.function(lambda x: on_tokens(dense, x), input_signature=signature)
+    plain = tf.function(lambda x: dense(x), input_signature=signature)
+    np.testing.assert_allclose(tokenwise(x), expected, atol=1e-6)
+
+    def shape_ops(function):
+        return [op.type for op in function.get_concrete_function().graph.get_operations() if op.type == "Shape"]
+
+    # Why on_tokens exists: Dense on 3-D with an unknown batch reads shapes at run time.
+    assert shape_ops(plain) and not shape_ops(tokenwise)
+    # Other shapes pass straight through to the function.
+    assert_close(on_tokens(dense, x[0]), expected[0])
+
+
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_mha_cache_with_unknown_batch_and_cache_length_matches_full_causal(rng, with_padding):
+    # An export traces the decode step with the batch size and cache length unknown; the
+    # cache length then comes from the key padding mask (or the cache).
+    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    x = random(rng, 2, 4, 8).astype("float32")
+    padding = np.ones((2, 6), bool)
+    if with_padding:
+        padding[1, 1] = False
+    full = np.asarray(layer(x, key_padding_mask=padding[:, :4] if with_padding else None, use_causal_mask=True))
+    cache_spec = tf.TensorSpec([None, 2, None, 4])
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, 1, 8]), cache_spec, cache_spec, tf.TensorSpec([], tf.int32), tf.TensorSpec([None, None], tf.bool)])
+    def step(token, keys, values, index, padding):
+        return layer(token, use_causal_mask=True, cache=(keys, values), cache_index=index,
+                     key_padding_mask=padding if with_padding else None)
+
+    cache = (tf.zeros((2, 2, 6, 4)), tf.zeros((2, 2, 6, 4)))
+    for index in range(4):
+        output, cache = step(x[:, index:index + 1], *cache, tf.constant(index, tf.int32), padding)
         assert_close(output[:, 0], full[:, index])
 
 

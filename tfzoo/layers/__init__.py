@@ -4,6 +4,7 @@ from tfzoo.layers.attention import (
     MultiHeadAttention,
     cache_writes_in_place,
     causal_mask,
+    on_tokens,
     pack_tokens,
     unpack_tokens,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "PositionalEncoding",
     "TransformerBlock",
     "causal_mask",
+    "on_tokens",
     "pack_tokens",
     "unpack_tokens",
     "sinusoidal_encoding",

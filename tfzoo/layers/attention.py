@@ -91,24 +91,58 @@ def in_xla_function():
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def write_to_cache(cache, update, index, axis=2):
+def write_to_cache(cache, update, index, axis=2, cache_length=None):
     """Writes `update` into `cache` at `index` along `axis` (the sequence axis).
 
-    `update` has `cache`'s shape except along `axis`. A gather and a select rather than
-    `dynamic_update_slice`: the same result, but only core ops that TF Serving, TFLite
-    builtins and XLA all have; inside `cache_writes_in_place()`, `dynamic_update_slice`.
+    `update` has `cache`'s shape except along `axis`. A gather and a select (a select
+    alone for one token) rather than `dynamic_update_slice`: the same result, but only
+    core ops that TF Serving, TFLite builtins and XLA all have; inside
+    `cache_writes_in_place()`, `dynamic_update_slice`. `cache_length`, if given, is the
+    cache's length along `axis` (see `MultiHeadAttention`'s use of it).
+
+    Example:
+    >>> cache = np.zeros((1, 1, 4, 2), "float32")
+    >>> written = write_to_cache(cache, np.ones((1, 1, 1, 2), "float32"), 2)
+    >>> keras.ops.convert_to_numpy(written)[0, 0, :, 0].tolist()
+    [0.0, 0.0, 1.0, 0.0]
     """
     if _WRITE_CACHE_IN_PLACE.get():
         starts = [0] * len(cache.shape)
         starts[axis] = ops.cast(index, "int32")
         return ops.slice_update(cache, starts, ops.cast(update, cache.dtype))
-    cache_length = ops.shape(cache)[axis]
+    cache_length = ops.shape(cache)[axis] if cache_length is None else cache_length
+    broadcast_shape = (1,) * axis + (-1,) + (1,) * (len(cache.shape) - axis - 1)
+    if update.shape[axis] == 1:
+        # One token (a decoding step): a select that broadcasts it, no gather.
+        at_index = ops.arange(cache_length, dtype="int32") == ops.cast(index, "int32")
+        return ops.where(ops.reshape(at_index, broadcast_shape), ops.cast(update, cache.dtype), cache)
     update_length = ops.shape(update)[axis]
     relative = ops.arange(cache_length, dtype="int32") - ops.cast(index, "int32")  # (length,)
     inside = ops.logical_and(relative >= 0, relative < update_length)
     gathered = ops.take(update, ops.clip(relative, 0, update_length - 1), axis=axis)
-    inside = ops.reshape(inside, (1,) * axis + (-1,) + (1,) * (len(cache.shape) - axis - 1))
-    return ops.where(inside, ops.cast(gathered, cache.dtype), cache)
+    return ops.where(ops.reshape(inside, broadcast_shape), ops.cast(gathered, cache.dtype), cache)
+
+
+def on_tokens(function, x):
+    """`function(x)` for a token-wise `function` (a `Dense` layer, say), run on `x`
+    `(batch, sequence, width)` as `(batch * sequence, width)` when only the batch size is
+    unknown.
+
+    The same values. Why: a `Dense` on a 3-D input is a `tensordot`, which for an unknown
+    batch size computes its reshapes at run time (about eight small ops per call). In an
+    export's decode loop, where the batch size is unknown, that was ~200 ops per
+    generated token; a 2-D input is a plain matmul, with static reshapes around it.
+
+    Example:
+    >>> dense = keras.layers.Dense(3)
+    >>> tuple(on_tokens(dense, np.ones((2, 5, 4), "float32")).shape)
+    (2, 5, 3)
+    """
+    shape = x.shape
+    if len(shape) != 3 or shape[0] is not None or shape[1] is None or shape[2] is None:
+        return function(x)
+    output = function(ops.reshape(x, (-1, shape[2])))
+    return ops.reshape(output, (-1, shape[1], output.shape[-1]))
 
 
 def pack_tokens(grid, positions):
@@ -256,7 +290,9 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _split_heads(self, x, head_dim):
         shape = ops.shape(x)
-        return ops.reshape(x, (shape[0], shape[1], self.num_heads, head_dim))  # (batch, seq, heads, head_dim)
+        # -1 for the batch size when the rest is static: no shape ops at run time.
+        batch_size = -1 if isinstance(shape[1], int) else shape[0]
+        return ops.reshape(x, (batch_size, shape[1], self.num_heads, head_dim))  # (batch, seq, heads, head_dim)
 
     def key_value_cache(self, value, key=None):
         """Keys and values of `value` (and `key`) once: `(keys, values)`, each
@@ -299,7 +335,7 @@ class MultiHeadAttention(keras.layers.Layer):
             rows = grid_rows(packed_positions, grid_shape)  # once for queries, keys and values
 
         def heads(dense, x, head_dim):  # (batch, sequence, heads, head_dim)
-            projected = dense(x)
+            projected = on_tokens(dense, x)
             if grid_shape is not None:
                 projected = unpack_tokens(projected, packed_positions, grid_shape, rows)
             return self._split_heads(projected, head_dim)
@@ -317,9 +353,18 @@ class MultiHeadAttention(keras.layers.Layer):
             keys = ops.transpose(keys, (0, 2, 1, 3))  # (batch, heads, key, key_dim)
             values = ops.transpose(values, (0, 2, 1, 3))
             if cache is not None:
+                cache_length = cache[0].shape[2]
+                if cache_length is None:
+                    # Unknown until run time (an export's trace). Read off the key padding
+                    # mask, one tensor for every layer, the cache length and the masks
+                    # built from it are computed once per step, not once per layer.
+                    if key_padding_mask is None:
+                        cache_length = ops.shape(cache[0])[2]
+                    else:
+                        cache_length = ops.shape(key_padding_mask)[-1]
                 # Under XLA both writes happen in place (see cache_writes_in_place).
-                keys = write_to_cache(cache[0], keys, cache_index, axis=2)  # (batch, heads, cache, key_dim)
-                values = write_to_cache(cache[1], values, cache_index, axis=2)
+                keys = write_to_cache(cache[0], keys, cache_index, 2, cache_length)  # (batch, heads, cache, key_dim)
+                values = write_to_cache(cache[1], values, cache_index, 2, cache_length)
                 cache = (keys, values)
         queries = ops.transpose(queries, (0, 2, 1, 3))  # (batch, heads, query, key_dim)
 
@@ -348,7 +393,8 @@ class MultiHeadAttention(keras.layers.Layer):
         else:
             mask = None
             if use_causal_mask:
-                mask = ops.expand_dims(causal_mask(ops.shape(queries)[2], ops.shape(keys)[2], query_start), 0)
+                key_length = cache_length if cache is not None and cache_index is not None else ops.shape(keys)[2]
+                mask = ops.expand_dims(causal_mask(ops.shape(queries)[2], key_length, query_start), 0)
             if padding is not None:
                 # expand_dims, not `padding[:, None]`: TFLite has no builtin for a new-axis
                 # slice of a tensor with two unknown dimensions.
@@ -359,10 +405,11 @@ class MultiHeadAttention(keras.layers.Layer):
             context, probabilities = self._attend(queries, keys, values, mask, training)
         context = ops.transpose(context, (0, 2, 1, 3))  # (batch, query, heads, value_dim)
         shape = ops.shape(context)
-        context = ops.reshape(context, (shape[0], shape[1], self.num_heads * self.value_dim))
+        batch_size = -1 if isinstance(shape[1], int) else shape[0]
+        context = ops.reshape(context, (batch_size, shape[1], self.num_heads * self.value_dim))
         if grid_shape is not None:
             context = pack_tokens(context, packed_positions)  # (tokens, heads * value_dim)
-        output = self.output_dense(context)
+        output = on_tokens(self.output_dense, context)
 
         results = (output,)
         if cache is not None:

@@ -3,7 +3,7 @@
 import keras
 
 from tfzoo.layers.activations import fused_activation, get_activation, worth_fusing
-from tfzoo.layers.attention import MultiHeadAttention
+from tfzoo.layers.attention import MultiHeadAttention, on_tokens
 from tfzoo.validation import dropout_rate, positive_int
 
 
@@ -189,13 +189,16 @@ class TransformerBlock(keras.layers.Layer):
 
             x, = self._residual(x, self.cross_attention_norm, cross_attention, training)
 
-        def feed_forward(x):
+        def feed_forward_on_tokens(x):
             hidden = self.intermediate_dense(x)
             if training and self.fused_activation_function is not None and worth_fusing(hidden):
                 hidden = self.fused_activation_function(hidden)
             else:
                 hidden = self.activation_function(hidden)
-            return (self.output_dense(hidden),)
+            return self.output_dense(hidden)
+
+        def feed_forward(x):
+            return (on_tokens(feed_forward_on_tokens, x),)
 
         x, = self._residual(x, self.feed_forward_norm, feed_forward, training)
         if cache is not None:

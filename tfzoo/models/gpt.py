@@ -13,7 +13,7 @@ from keras import ops
 
 from tfzoo.generation import decode_loop, left_pad, next_token, sampler, validate_sampling
 from tfzoo.generation.decoding import detokenize_rows, round_up
-from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place
+from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place, on_tokens
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
 from tfzoo.tracking import Untracked
 from tfzoo.validation import dropout_rate, positive_int, token_id_lists
@@ -167,8 +167,8 @@ class GPT(keras.Model):
 
     def _logits(self, hidden):
         # The output head is the token embedding, transposed (weight tying).
-        embeddings = ops.cast(self.token_embedding.embeddings, hidden.dtype)
-        return ops.cast(ops.matmul(hidden, ops.transpose(embeddings)), "float32")
+        embeddings = ops.transpose(ops.cast(self.token_embedding.embeddings, hidden.dtype))
+        return ops.cast(on_tokens(lambda tokens: ops.matmul(tokens, embeddings), hidden), "float32")
 
     def call(self, inputs, training=None):
         if isinstance(inputs, dict):
