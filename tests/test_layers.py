@@ -24,8 +24,9 @@ from tfzoo.layers import (
     pack_tokens,
     unpack_tokens,
 )
-from tfzoo.layers import activations
+from tfzoo.layers import activations, normalization
 from tfzoo.layers.activations import fused_activation, get_activation
+from tfzoo.layers.normalization import fused_layer_normalization
 from tfzoo.layers.attention import causal_query_blocks, in_xla_function, write_to_cache
 
 ATOL = 1e-5
@@ -790,6 +791,60 @@ def test_block_in_training_runs_the_fused_activation_with_the_same_values(rng, a
     assert len(calls) == (0 if fused is None else 1)  # once, in training
     for fused_value, plain_value in zip(results[True], results[False]):
         np.testing.assert_allclose(fused_value.numpy(), plain_value.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_layer_normalization_matches_keras_values_and_gradients(rng):
+    """The fused pass and its hand-written gradient against Keras' LayerNormalization
+    (TensorFlow's own autodiff of its ops), in float64, on 3-D inputs."""
+    norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype="float64")
+    x = tf.constant(3.0 * rng.standard_normal((2, 5, 8)) + 1.0)
+    norm(x)
+    norm.gamma.assign(rng.standard_normal(8))
+    norm.beta.assign(rng.standard_normal(8))
+    upstream = tf.constant(rng.standard_normal((2, 5, 8)))
+    results = []
+    for function in (norm, lambda x: fused_layer_normalization(x, norm.gamma, norm.beta, norm.epsilon)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = function(x)
+        results.append([outputs] + tape.gradient(outputs, [x, norm.gamma, norm.beta], output_gradients=upstream))
+    for fused_value, keras_value in zip(results[1], results[0]):
+        np.testing.assert_allclose(np.asarray(fused_value), np.asarray(keras_value), atol=1e-12, rtol=1e-10)
+
+
+def test_fused_layer_normalization_in_bfloat16_keeps_dtypes_and_rounds_once(rng):
+    x32 = 2.0 * random(rng, 64, 32)
+    gamma, beta = tf.constant(random(rng, 32)), tf.constant(random(rng, 32))
+    x = tf.cast(x32, "bfloat16")
+    upstream = tf.cast(random(rng, 64, 32), "bfloat16")
+    with tf.GradientTape() as tape:
+        tape.watch([x, gamma, beta])
+        outputs = fused_layer_normalization(x, gamma, beta, 1e-5)
+    x_gradient, gamma_gradient, beta_gradient = tape.gradient(outputs, [x, gamma, beta], output_gradients=upstream)
+    assert outputs.dtype == x_gradient.dtype == "bfloat16"
+    assert gamma_gradient.dtype == beta_gradient.dtype == "float32"  # the variables' dtype
+    exact = layer_norm_formula(np.asarray(tf.cast(x, "float64")), gamma.numpy(), beta.numpy(), 1e-5)
+    np.testing.assert_allclose(np.asarray(tf.cast(outputs, "float64")), exact, rtol=2.0**-8, atol=2.0**-7)
+
+
+def layer_norm_formula(x, gamma, beta, epsilon):
+    centred = x - x.mean(-1, keepdims=True)
+    return centred / np.sqrt((centred**2).mean(-1, keepdims=True) + epsilon) * gamma + beta
+
+
+@pytest.mark.parametrize("case", ["inference", "no_scale", "no_center", "not_last_axis", "fused"])
+def test_normalize_fuses_only_what_the_fused_pass_computes(rng, monkeypatch, case):
+    monkeypatch.setattr(activations, "FUSED_MIN_ELEMENTS", 0)
+    options = {"no_scale": {"scale": False}, "no_center": {"center": False},
+               "not_last_axis": {"axis": 1}}.get(case, {})
+    norm = keras.layers.LayerNormalization(**options)
+    x = tf.constant(random(rng, 2, 5, 8))
+    expected = np.asarray(norm(x))
+    calls = []
+    monkeypatch.setattr(normalization, "fused_layer_normalization",
+                        lambda *arguments: calls.append(1) or fused_layer_normalization(*arguments))
+    np.testing.assert_allclose(normalization.normalize(norm, x, training=case != "inference"), expected, atol=1e-5)
+    assert len(calls) == (1 if case == "fused" else 0)
 
 
 @pytest.mark.parametrize("normalize_first", [False, True], ids=["post_norm", "pre_norm"])

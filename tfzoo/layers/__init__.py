@@ -8,6 +8,7 @@ from tfzoo.layers.attention import (
     pack_tokens,
     unpack_tokens,
 )
+from tfzoo.layers.normalization import fused_layer_normalization
 from tfzoo.layers.positional import PositionalEncoding, sinusoidal_encoding
 from tfzoo.layers.transformer import TransformerBlock
 
@@ -17,6 +18,7 @@ __all__ = [
     "PositionalEncoding",
     "TransformerBlock",
     "causal_mask",
+    "fused_layer_normalization",
     "on_tokens",
     "pack_tokens",
     "unpack_tokens",

@@ -4,6 +4,7 @@ import keras
 
 from tfzoo.layers.activations import fused_activation, get_activation, worth_fusing
 from tfzoo.layers.attention import MultiHeadAttention, on_tokens
+from tfzoo.layers.normalization import normalize
 from tfzoo.validation import dropout_rate, positive_int
 
 
@@ -139,10 +140,10 @@ class TransformerBlock(keras.layers.Layer):
     def _residual(self, inputs, norm, sublayer, training):
         """Pre-norm: x + f(norm(x)). Post-norm: norm(x + f(x))."""
         if self.normalize_first:
-            output, *extra = sublayer(norm(inputs))
+            output, *extra = sublayer(normalize(norm, inputs, training))
             return (inputs + self.dropout_layer(output, training=training), *extra)
         output, *extra = sublayer(inputs)
-        return (norm(inputs + self.dropout_layer(output, training=training)), *extra)
+        return (normalize(norm, inputs + self.dropout_layer(output, training=training), training), *extra)
 
     def call(
         self,

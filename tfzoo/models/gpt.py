@@ -14,6 +14,7 @@ from keras import ops
 from tfzoo.generation import decode_loop, left_pad, next_token, sampler, validate_sampling
 from tfzoo.generation.decoding import detokenize_rows, round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place, on_tokens
+from tfzoo.layers.normalization import normalize
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
 from tfzoo.tracking import Untracked
 from tfzoo.validation import dropout_rate, positive_int, token_id_lists
@@ -163,7 +164,7 @@ class GPT(keras.Model):
                     training=training,
                 )
                 new_caches.append(cache)
-        return self.final_norm(x), tuple(new_caches)
+        return normalize(self.final_norm, x, training), tuple(new_caches)
 
     def _logits(self, hidden):
         # The output head is the token embedding, transposed (weight tying).
