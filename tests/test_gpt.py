@@ -32,6 +32,22 @@ def test_logits_equal_keras_hub_gpt2_on_the_same_weights():
     np.testing.assert_allclose(model(token_ids), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(8, 1), (1, 1), (3, 5), None])
+def test_few_token_logits_under_xla_equal_the_tied_head(shape):
+    # The decoding steps' logits under XLA are `(E h^T)^T`: the same values as `h E^T`,
+    # for static shapes and for a trace that knows neither the batch nor the length.
+    model = GPT(vocabulary_size=97, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
+                max_sequence_length=24)
+    model.build()
+    hidden = tf.random.stateless_normal((8, 1, 16) if shape is None else (*shape, 16), seed=[1, 2])
+    expected = hidden.numpy() @ model.token_embedding.embeddings.numpy().T
+    spec = tf.TensorSpec((None, None, 16)) if shape is None else tf.TensorSpec(hidden.shape)
+    compiled = tf.function(lambda h: model._logits(h, few_tokens=True), jit_compile=True, input_signature=[spec])
+    logits = compiled(hidden)
+    assert logits.dtype == tf.float32 and tuple(logits.shape) == (*hidden.shape[:2], 97)
+    np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_config_round_trip_and_presets():
     model = GPT.from_preset("gpt_test", dropout=0.1)
     restored = GPT.from_config(model.get_config())

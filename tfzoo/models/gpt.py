@@ -14,6 +14,7 @@ from keras import ops
 from tfzoo.generation import decode_loop, left_pad, next_token, sampler, validate_sampling
 from tfzoo.generation.decoding import detokenize_rows, round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place, on_tokens
+from tfzoo.layers.attention import in_xla_function
 from tfzoo.layers.normalization import normalize
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
 from tfzoo.tracking import Untracked
@@ -166,10 +167,20 @@ class GPT(keras.Model):
                 new_caches.append(cache)
         return normalize(self.final_norm, x, training), tuple(new_caches)
 
-    def _logits(self, hidden):
+    def _logits(self, hidden, few_tokens=False):
         # The output head is the token embedding, transposed (weight tying).
-        embeddings = ops.transpose(ops.cast(self.token_embedding.embeddings, hidden.dtype))
-        return ops.cast(on_tokens(lambda tokens: ops.matmul(tokens, embeddings), hidden), "float32")
+        embeddings = ops.cast(self.token_embedding.embeddings, hidden.dtype)  # (vocabulary, hidden)
+        if few_tokens and in_xla_function():
+            # A decoding step's few rows, under XLA: `(E h^T)^T`, the embedding as the
+            # left operand in its own layout. XLA's CPU product `h E^T` for 8 rows ran at
+            # half that speed (1.35 against 0.62 ms a step for the tiny GPT; the same at 1 row).
+            shape = ops.shape(hidden)
+            rows = ops.reshape(hidden, (-1, hidden.shape[-1]))  # (batch * length, hidden)
+            logits = ops.transpose(ops.matmul(embeddings, ops.transpose(rows)))
+            batch_size = -1 if isinstance(shape[1], int) else shape[0]  # no shape ops when static
+            return ops.cast(ops.reshape(logits, (batch_size, shape[1], logits.shape[-1])), "float32")
+        head = ops.transpose(embeddings)
+        return ops.cast(on_tokens(lambda tokens: ops.matmul(tokens, head), hidden), "float32")
 
     def call(self, inputs, training=None):
         if isinstance(inputs, dict):
@@ -219,7 +230,7 @@ class GPT(keras.Model):
         hidden, caches = self._hidden_states(
             token_ids, padding_mask=key_mask, caches=caches, cache_index=0, position_start=-pad_counts
         )
-        return self._logits(hidden[:, -1:, :])[:, 0, :], caches, key_mask
+        return self._logits(hidden[:, -1:, :], few_tokens=True)[:, 0, :], caches, key_mask
 
     def decode_step(self, token_ids, index, caches, key_mask, pad_counts):
         """One token per example at cache `index`: returns `(logits (batch, vocab), caches)`."""
@@ -227,7 +238,7 @@ class GPT(keras.Model):
             token_ids[:, None], padding_mask=key_mask, caches=caches, cache_index=index,
             position_start=index - pad_counts,
         )
-        return self._logits(hidden)[:, 0, :], caches
+        return self._logits(hidden, few_tokens=True)[:, 0, :], caches
 
     def generate_token_ids(self, token_ids, pad_counts, max_new_tokens, capacity, cache_length=None,
                            choose=None, stop_token_ids=(), seed=None):
