@@ -172,8 +172,9 @@ class GPT(keras.Model):
         embeddings = ops.cast(self.token_embedding.embeddings, hidden.dtype)  # (vocabulary, hidden)
         if few_tokens and in_xla_function():
             # A decoding step's few rows, under XLA: `(E h^T)^T`, the embedding as the
-            # left operand in its own layout. XLA's CPU product `h E^T` for 8 rows ran at
-            # half that speed (1.35 against 0.62 ms a step for the tiny GPT; the same at 1 row).
+            # left operand in its own layout. For `h E^T` XLA's CPU fused the transposed
+            # embedding and the final norm into a loop; this form made the tiny GPT's
+            # greedy decoding 1.04x faster at batch 1, 1.01x at batch 8 (interleaved A/B).
             shape = ops.shape(hidden)
             rows = ops.reshape(hidden, (-1, hidden.shape[-1]))  # (batch * length, hidden)
             logits = ops.transpose(ops.matmul(embeddings, ops.transpose(rows)))
