@@ -31,7 +31,7 @@ bench-tflite:
 bench-attention:
 	$(PYTHON) benchmarks/bench_attention.py $(ARGS)
 
-# The fused GELU in training (no XLA) against the plain ops: one GELU, and the tiny-GPT step.
+# The fused GELU and layer norm in training (no XLA) against the plain ops: one GELU, and the tiny-GPT step.
 bench-fused-gelu:
 	$(PYTHON) benchmarks/bench_fused_gelu.py $(ARGS)
 

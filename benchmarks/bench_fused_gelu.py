@@ -1,4 +1,4 @@
-"""tfzoo's fused GELU in training (no XLA) against the same GELU as plain TensorFlow ops.
+"""tfzoo's fused GELU and layer norm in training (no XLA) against the same as plain TensorFlow ops.
 
 Without XLA, `TransformerBlock` runs its GELU in training as `fused_activation` (forward
 pass and hand-written gradient, each one XLA-compiled pass; see
@@ -10,7 +10,9 @@ pass and hand-written gradient, each one XLA-compiled pass; see
    the plain ops);
 2. the whole tiny-GPT training step (`bench_gpt.py`'s model, batches and `compile`),
    two models with the same weights, one with the fused GELU turned off, steps taking
-   turns; the last losses show that both trained alike.
+   turns; the last losses show that both trained alike;
+3. the same step with the fused layer normalization (`tfzoo.layers.normalization`)
+   turned off instead.
 
 Both in float32 and under `mixed_bfloat16`. The ratios are fused over plain.
 
@@ -25,6 +27,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import contextlib  # noqa: E402
 
 import common  # noqa: E402
 
@@ -67,8 +71,22 @@ def gelu_seconds(policy, shape, rounds, calls):
     return {name: statistics.median(values) for name, values in samples.items()}, samples, difference
 
 
-def training_rates(policy, settings, rounds, steps, log):
-    """Tokens/s of the tiny GPT's training step with and without the fused GELU."""
+@contextlib.contextmanager
+def plain_layer_norm():
+    """While a model's training step is traced, its layer norms stay Keras' plain ops."""
+    from tfzoo.layers import normalization
+
+    fusable = normalization._fusable  # `normalize` asks it on every trace
+    normalization._fusable = lambda norm, x: False
+    try:
+        yield
+    finally:
+        normalization._fusable = fusable
+
+
+def training_rates(policy, settings, rounds, steps, log, part="GELU"):
+    """Tokens/s of the tiny GPT's training step with and without the fused `part`
+    ("GELU" or "layer norm")."""
     import bench_gpt
     from common import TFZOO
 
@@ -79,10 +97,11 @@ def training_rates(policy, settings, rounds, steps, log):
     for name in (FUSED, PLAIN):
         with bench_gpt.dtype_policy(policy):
             model = bench_gpt.compile_model(TFZOO, bench_gpt.build(TFZOO, settings["preset"], seed=0), None)
-        if name == PLAIN:
+        if name == PLAIN and part == "GELU":
             for block in model.blocks:
                 block.fused_activation_function = None  # the block's plain GELU, as in inference
-        bench_gpt.train_steps(model, batches, 2)  # traces
+        with plain_layer_norm() if name == PLAIN and part == "layer norm" else contextlib.nullcontext():
+            bench_gpt.train_steps(model, batches, 2)  # traces
         models[name] = model
     rates, losses = {name: [] for name in models}, {}
     for round_index in range(rounds):
@@ -90,7 +109,7 @@ def training_rates(policy, settings, rounds, steps, log):
             bench_gpt.train_steps(models[name], batches, 1)
             seconds, losses[name] = bench_gpt.train_steps(models[name], batches, steps, start=1)
             rates[name].append(tokens_per_step * steps / seconds)
-        log(f"  {policy} round {round_index + 1}: " + ", ".join(f"{name} {rates[name][-1]:.0f} tokens/s" for name in models))
+        log(f"  {part}, {policy} round {round_index + 1}: " + ", ".join(f"{name} {rates[name][-1]:.0f} tokens/s" for name in models))
     return rates, losses
 
 
@@ -120,16 +139,19 @@ def main(argv=None):
                         f"| {median[PLAIN] / median[FUSED]:.2f} | {per_round} "
                         f"| gradients differ by at most {difference:.1e} |")
             log(f"  GELU {policy} {shape}: fused {median[FUSED] * 1e3:.2f} ms, plain {median[PLAIN] * 1e3:.2f} ms")
-    for policy in POLICIES:
-        rates, losses = training_rates(policy, settings, rounds, steps, log)
-        median = {name: statistics.median(values) for name, values in rates.items()}
-        report["training"][policy] = {"tokens_per_second": rates, "median": median, "last_loss": losses}
-        per_round = ", ".join(f"{fused / plain:.2f}" for fused, plain in zip(rates[FUSED], rates[PLAIN]))
-        rows.append(f"| training tokens/s, batch {settings['train_batch_size']}x{settings['train_sequence_length']}, "
-                    f"{policy}, no XLA | {median[FUSED]:,.0f} | {median[PLAIN]:,.0f} | {median[FUSED] / median[PLAIN]:.2f} "
-                    f"| {per_round} | last loss {losses[FUSED]:.5f} vs {losses[PLAIN]:.5f} |")
+    for part, key in (("GELU", "training"), ("layer norm", "training_layer_norm")):
+        report[key] = {}
+        for policy in POLICIES:
+            rates, losses = training_rates(policy, settings, rounds, steps, log, part)
+            median = {name: statistics.median(values) for name, values in rates.items()}
+            report[key][policy] = {"tokens_per_second": rates, "median": median, "last_loss": losses}
+            per_round = ", ".join(f"{fused / plain:.2f}" for fused, plain in zip(rates[FUSED], rates[PLAIN]))
+            rows.append(f"| training tokens/s, batch {settings['train_batch_size']}x{settings['train_sequence_length']}, "
+                        f"{policy}, no XLA, {part} fused or not | {median[FUSED]:,.0f} | {median[PLAIN]:,.0f} "
+                        f"| {median[FUSED] / median[PLAIN]:.2f} | {per_round} "
+                        f"| last loss {losses[FUSED]:.5f} vs {losses[PLAIN]:.5f} |")
     table = "\n".join(rows)
-    common.print_report(f"Fused GELU vs plain ops in training, preset {settings['preset']}, median of {rounds} "
+    common.print_report(f"Fused GELU and layer norm vs plain ops in training, preset {settings['preset']}, median of {rounds} "
                         "round(s)", table, info, log)
     output = args.output or os.path.join(common.RESULTS, "fused_gelu_quick.json" if args.quick else "fused_gelu.json")
     common.write_json(output, {**report, "machine": info, "load": log.load_summary(),
