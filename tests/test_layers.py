@@ -812,6 +812,12 @@ def test_fused_layer_normalization_matches_keras_values_and_gradients(rng):
         np.testing.assert_allclose(np.asarray(fused_value), np.asarray(keras_value), atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("gamma_shape, beta_shape, name", [((7,), (8,), "gamma"), ((8,), (8, 1), "beta")])
+def test_fused_layer_normalization_rejects_weights_of_the_wrong_shape(gamma_shape, beta_shape, name):
+    with pytest.raises(ValueError, match=rf"`{name}` must have shape \(8,\)"):
+        fused_layer_normalization(tf.ones((2, 8)), tf.ones(gamma_shape), tf.zeros(beta_shape), 1e-5)
+
+
 def test_fused_layer_normalization_in_bfloat16_keeps_dtypes_and_rounds_once(rng):
     x32 = 2.0 * random(rng, 64, 32)
     gamma, beta = tf.constant(random(rng, 32)), tf.constant(random(rng, 32))

@@ -65,6 +65,13 @@ def fused_layer_normalization(x, gamma, beta, epsilon):
     True
     """
     epsilon = float(epsilon)
+    x, gamma, beta = tf.convert_to_tensor(x), tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
+    width = x.shape[-1]
+    for name, weight in (("gamma", gamma), ("beta", beta)):
+        if weight.shape.rank != 1 or (width is not None and weight.shape[0] not in (None, width)):
+            raise ValueError(
+                f"`{name}` must have shape ({width},), one value per feature of x's last axis; got {tuple(weight.shape)}."
+            )
 
     @tf.custom_gradient
     def normalize(x, gamma, beta):
@@ -73,7 +80,7 @@ def fused_layer_normalization(x, gamma, beta, epsilon):
 
         return _forward(x, gamma, beta, epsilon), gradient
 
-    return normalize(tf.convert_to_tensor(x), tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta))
+    return normalize(x, gamma, beta)
 
 
 def normalize(norm, x, training):
