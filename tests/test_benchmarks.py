@@ -56,6 +56,39 @@ def test_bench_bert_quick_mode_writes_ratios_and_targets(tmp_path):
     assert all(report["peak_memory"][system]["cpu_memory_pooled"] is False for system in ("tfzoo", "keras_hub"))
 
 
+def test_bench_gpt_quick_mode_measures_training_and_generation_and_checks_the_targets(tmp_path):
+    output = tmp_path / "bench_gpt_quick.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "bench_gpt.py"), "--quick", "--no-torch", "--no-memory",
+         "--output", str(output)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    rows = {row["measure"]: row for row in report["results"]}
+    for variant in ("default", "xla", "bf16"):
+        row = rows[f"train_tokens_per_second_{variant}"]
+        assert set(row["systems"]) == {"tfzoo", "keras_hub"}  # --no-torch
+        assert all(system["median"] > 0 for system in row["systems"].values())
+        # Each model was compiled as the row says: XLA or not, float32 or mixed_bfloat16.
+        for system in ("tfzoo", "keras_hub"):
+            check = report["checks"][f"train_{variant}_{system}"]
+            assert check["jit_compile"] == (variant == "xla")
+            assert check["dtype_policy"] == ("mixed_bfloat16" if variant == "bf16" else "float32")
+    for batch_size in (1, 8):
+        assert rows[f"generate_tokens_per_second_xla_batch{batch_size}"]["systems"]["tfzoo"]["median"] > 0
+    # Every target the issue sets is checked against the ratio of the medians it names.
+    targets = {target["measure"]: target for target in report["targets"]}
+    assert {"train_tokens_per_second_default", "train_tokens_per_second_xla", "train_tokens_per_second_bf16",
+            "generate_tokens_per_second_xla_batch1", "generate_tokens_per_second_xla_batch8",
+            "savedmodel_tokens_per_second_batch1"} <= set(targets)
+    bf16 = rows["train_tokens_per_second_bf16"]["systems"]
+    ratio = bf16["tfzoo"]["median"] / bf16["keras_hub"]["median"]
+    assert abs(targets["train_tokens_per_second_bf16"]["ratio"] - ratio) < 1e-9
+    assert targets["train_tokens_per_second_bf16"]["met"] == (ratio >= 1.3)
+    assert "both mixed_bfloat16, no XLA (at least 1.30)" in result.stdout
+
+
 def test_bench_seq2seq_quick_mode_measures_every_setup_and_records_the_machine(tmp_path):
     output = tmp_path / "seq2seq_quick.json"
     result = subprocess.run(
