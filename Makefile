@@ -2,7 +2,7 @@
 # transformers on PyTorch when installed (make bench-deps); see benchmarks/README.md.
 PYTHON ?= .venv/bin/python
 
-.PHONY: bench bench-deps bench-quick bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite bench-attention bench-fused-gelu profile-gpt
+.PHONY: bench bench-deps bench-quick bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite bench-attention bench-fused-gelu bench-precision profile-gpt
 
 # Full runs, one after the other (about 30-40 minutes on 2 cores). Extra flags: make bench ARGS="--rounds 5"
 bench: bench-gpt bench-bert bench-seq2seq bench-serving bench-tflite bench-attention bench-fused-gelu
@@ -35,6 +35,11 @@ bench-attention:
 bench-fused-gelu:
 	$(PYTHON) benchmarks/bench_fused_gelu.py $(ARGS)
 
+# tfzoo's training recipe in float32 and under mixed_bfloat16: step speed and validation
+# perplexity (about 12 minutes; not part of `bench`, which compares peers).
+bench-precision:
+	$(PYTHON) benchmarks/bench_precision.py $(ARGS)
+
 # Smoke tests with tiny sizes (about 2 minutes in all).
 bench-quick:
 	$(PYTHON) benchmarks/bench_gpt.py --quick
@@ -44,6 +49,7 @@ bench-quick:
 	$(PYTHON) benchmarks/bench_tflite.py --quick
 	$(PYTHON) benchmarks/bench_attention.py --quick
 	$(PYTHON) benchmarks/bench_fused_gelu.py --quick
+	$(PYTHON) benchmarks/bench_precision.py --quick
 
 # Where a tiny-GPT training step and a decoding step spend their time (about 1 minute).
 profile-gpt:

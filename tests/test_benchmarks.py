@@ -1,6 +1,7 @@
 """The benchmark scripts still run: each one's quick mode, in a fresh process (slow)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -87,6 +88,28 @@ def test_bench_gpt_quick_mode_measures_training_and_generation_and_checks_the_ta
     assert abs(targets["train_tokens_per_second_bf16"]["ratio"] - ratio) < 1e-9
     assert targets["train_tokens_per_second_bf16"]["met"] == (ratio >= 1.3)
     assert "both mixed_bfloat16, no XLA (at least 1.30)" in result.stdout
+
+
+def test_bench_precision_quick_mode_trains_both_precisions_and_reports_perplexity(tmp_path):
+    output = tmp_path / "precision_quick.json"
+    result = run_quick("bench_precision.py", output)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    for precision, compute_dtype in (("float32", "float32"), ("mixed_bfloat16", "bfloat16")):
+        (run,) = report["runs"][precision]
+        assert (run["dtype_policy"], run["compute_dtype"], run["variable_dtype"]) == (precision, compute_dtype, "float32")
+        epochs, steps = run["config"]["epochs"], run["config"]["steps_per_epoch"]
+        # The step timer, passed through train_gpt's callbacks, saw every planned step.
+        assert len(run["step_seconds"]) == epochs * steps
+        assert len(run["val_loss"]) == epochs
+        assert run["val_perplexity"] == pytest.approx([math.exp(loss) for loss in run["val_loss"]])
+        # It learned: better than guessing uniformly over the vocabulary.
+        assert run["val_loss"][-1] < math.log(run["config"]["vocabulary_size"])
+    speed = report["summary"]["training tokens/s (median step)"]
+    assert speed["ratio"] == pytest.approx(
+        report["runs"]["mixed_bfloat16"][0]["tokens_per_second"] / report["runs"]["float32"][0]["tokens_per_second"]
+    )
+    assert "| validation perplexity after epoch 2 |" in result.stdout
 
 
 def test_bench_seq2seq_quick_mode_measures_every_setup_and_records_the_machine(tmp_path):

@@ -70,8 +70,11 @@ def learning_rate_schedule(peak, warmup_steps, total_steps):
     )
 
 
-def train_gpt(config, log=print):
+def train_gpt(config, log=print, callbacks=()):
     """Trains a GPT as `config` says and returns `(model, history)`.
+
+    `callbacks` are more Keras callbacks for `fit`, run after tfzoo's own (TensorBoard,
+    text samples, checkpoints): e.g. `keras.callbacks.EarlyStopping` or a step timer.
 
     The run folder holds `config.json`, `checkpoints/` (`step_NNNNNNN.keras`, each a
     whole model with its tokenizer and optimizer state), `logs/` (TensorBoard) and the
@@ -151,12 +154,13 @@ def train_gpt(config, log=print):
     with open(os.path.join(run_dir, "config.json"), "w") as file:
         json.dump(dataclasses.asdict(config), file, indent=2)
     log_dir = os.path.join(run_dir, "logs")
-    callbacks = [
+    fit_callbacks = [
         keras.callbacks.TensorBoard(log_dir=log_dir),
         TextSamples(config.sample_prompts, log_dir),
         StepCheckpoint(write_dir, steps_per_epoch, every=config.checkpoint_every),
+        *(callbacks or ()),
     ]
-    fit = dict(x=train_data, validation_data=validation_data, callbacks=callbacks, shuffle=False,
+    fit = dict(x=train_data, validation_data=validation_data, callbacks=fit_callbacks, shuffle=False,
                verbose=1 if log is print else 2)
     epoch, step_in_epoch = divmod(done_steps, steps_per_epoch)
     history = None
