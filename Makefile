@@ -36,7 +36,7 @@ bench-fused-gelu:
 	$(PYTHON) benchmarks/bench_fused_gelu.py $(ARGS)
 
 # tfzoo's training recipe in float32 and under mixed_bfloat16: step speed and validation
-# perplexity (about 12 minutes; not part of `bench`, which compares peers).
+# perplexity (about 5 minutes; not part of `bench`, which compares peers).
 bench-precision:
 	$(PYTHON) benchmarks/bench_precision.py $(ARGS)
 

@@ -15,7 +15,7 @@ The seed, data order and initial weights are the same for both precisions (the v
 stay float32 under `mixed_bfloat16`), so any difference in perplexity comes from the
 precision. The ratios are bfloat16 over float32. tfzoo only: there is no peer here.
 
-    python benchmarks/bench_precision.py             # 1 round (about 12 minutes on 2 cores)
+    python benchmarks/bench_precision.py             # 1 round (about 5 minutes on 2 cores)
     python benchmarks/bench_precision.py --rounds 2  # the order of the precisions alternates
     python benchmarks/bench_precision.py --quick     # a smoke test (about a minute)
 """
