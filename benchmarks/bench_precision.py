@@ -20,6 +20,7 @@ precision. The ratios are bfloat16 over float32. tfzoo only: there is no peer he
     python benchmarks/bench_precision.py --quick     # a smoke test (about a minute)
 """
 
+import argparse
 import json
 import math
 import os
@@ -137,8 +138,8 @@ def format_table(runs, rounds):
 
 def main(argv=None):
     parser = common.benchmark_parser(__doc__.splitlines()[0], "precision", full_rounds=1)
-    parser.add_argument("--child", choices=PRECISIONS, help=argparse_hidden())
-    parser.add_argument("--run-dir", help=argparse_hidden())
+    parser.add_argument("--child", choices=PRECISIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = common.checked_args(parser, argv)
     if args.child:
         run_child(args.child, args.quick, args.run_dir)
@@ -170,12 +171,6 @@ def main(argv=None):
     common.write_json(output, {"benchmark": "precision", "mode": mode, "rounds": rounds, "runs": runs,
                                "summary": summary, "table": table, "machine": info,
                                "load": log.load_summary(), "elapsed_seconds": log.elapsed()})
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
