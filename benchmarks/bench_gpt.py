@@ -15,8 +15,8 @@ installed (`pip install -e '.[bench]'`) and skipped with a note otherwise. Measu
 5. peak resident memory of each system's training and generation, each in a fresh process.
 
 Every measure is taken once per round for each system, back to back (their order
-rotates between rounds), and the table reports medians over rounds with the ratio of
-tfzoo to each peer. Results go to benchmarks/results/.
+rotates between rounds; generation's timed calls take turns between systems within a
+round), and the table reports medians over rounds with the ratio of tfzoo to each peer. Results go to benchmarks/results/.
 
     python benchmarks/bench_gpt.py                  # full run (~20 min on 2 cores)
     python benchmarks/bench_gpt.py --quick          # smoke test, tiny sizes (a few minutes)
@@ -378,6 +378,13 @@ def make_generate(system, model, prompts, new_tokens, jit_compile):
 
 
 def run_generation(settings, rounds, log):
+    """Each cell (variant, batch size) of a round: every system's first call, then their timed calls in turns.
+
+    The timed calls alternate between systems (A B, B A, A B, ...) rather than running one
+    system's calls and then the next's: at batch 1 a call takes ~50 ms and the host's load
+    on the shared cache changes on a scale of seconds, so taking turns puts both systems
+    under the same conditions and the ratio is steadier than either rate.
+    """
     vocabulary_size = model_arguments(settings["preset"])["vocabulary_size"]
     new_tokens = settings["new_tokens"]
     measures, checks = {}, {}
@@ -385,7 +392,9 @@ def run_generation(settings, rounds, log):
         for variant, jit_compile in (("xla", True), ("default", False)):
             for batch_size in settings["generate_batch_sizes"]:
                 prompts = generation_prompts(settings, batch_size, vocabulary_size, seed=round_index)
-                for system in order_for_round(round_index, systems()):
+                order = order_for_round(round_index, systems())
+                runs = {}
+                for system in order:
                     # A fresh model per measure, so that the first call really traces and compiles.
                     model = build(system, settings["preset"], seed=round_index)
                     if system == HF_TORCH:
@@ -402,26 +411,34 @@ def run_generation(settings, rounds, log):
                     output = generate()
                     first_call = time.perf_counter() - begin
                     counts = checked(output)
-                    call_seconds = []
-                    for _ in range(settings["generate_calls"]):
+                    runs[system] = dict(model=model, generate=generate, checked=checked, jit=actual_jit,
+                                        counts=counts, first_call=first_call, call_seconds=[])
+                turns = []
+                for call_index in range(settings["generate_calls"]):
+                    for system in (order if call_index % 2 == 0 else order[::-1]):
+                        turns.append(system)
+                        run = runs[system]
                         begin = time.perf_counter()
-                        output = generate()
-                        call_seconds.append(time.perf_counter() - begin)
-                        checked(output)
-                    call = statistics.median(call_seconds)
-                    rate = batch_size * new_tokens / call
-                    suffix = f"{variant}_batch{batch_size}"
+                        output = run["generate"]()
+                        run["call_seconds"].append(time.perf_counter() - begin)
+                        run["checked"](output)
+                suffix = f"{variant}_batch{batch_size}"
+                checks.setdefault(f"generate_{suffix}_turns", []).append(turns)
+                for system in order:
+                    run = runs[system]
+                    rate = batch_size * new_tokens / statistics.median(run["call_seconds"])
                     measures.setdefault(f"generate_tokens_per_second_{suffix}", {}).setdefault(system, []).append(rate)
-                    measures.setdefault(f"generate_first_call_seconds_{suffix}", {}).setdefault(system, []).append(first_call)
+                    measures.setdefault(f"generate_first_call_seconds_{suffix}", {}).setdefault(system, []).append(
+                        run["first_call"])
                     checks.setdefault(f"generate_{suffix}_{system}", []).append(
-                        dict(jit_compile=actual_jit, new_tokens_per_row=counts, call_seconds=call_seconds,
-                             first_call_seconds=first_call)
+                        dict(jit_compile=run["jit"], new_tokens_per_row=run["counts"],
+                             call_seconds=run["call_seconds"], first_call_seconds=run["first_call"])
                     )
                     log(f"  round {round_index + 1}/{rounds} generate {variant:7s} batch {batch_size} "
-                        f"{system:9s}: {rate:7.0f} new tokens/s, first call {first_call:5.1f} s "
-                        f"(jit_compile={actual_jit}, {counts[0]} new tokens/row)")
-                    del model, generate, checked, output
-                    gc.collect()
+                        f"{system:9s}: {rate:7.0f} new tokens/s, first call {run['first_call']:5.1f} s "
+                        f"(jit_compile={run['jit']}, {run['counts'][0]} new tokens/row)")
+                del runs, output
+                gc.collect()
     return measures, checks
 
 

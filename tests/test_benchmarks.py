@@ -78,6 +78,11 @@ def test_bench_gpt_quick_mode_measures_training_and_generation_and_checks_the_ta
             assert check["dtype_policy"] == ("mixed_bfloat16" if variant == "bf16" else "float32")
     for batch_size in (1, 8):
         assert rows[f"generate_tokens_per_second_xla_batch{batch_size}"]["systems"]["tfzoo"]["median"] > 0
+        # The timed calls took turns (A B, then B A), round 1 starting with tfzoo.
+        assert report["checks"][f"generate_xla_batch{batch_size}_turns"] == [
+            ["tfzoo", "keras_hub", "keras_hub", "tfzoo"]]
+        for system in ("tfzoo", "keras_hub"):
+            assert len(report["checks"][f"generate_xla_batch{batch_size}_{system}"][0]["call_seconds"]) == 2
     # Every target the issue sets is checked against the ratio of the medians it names.
     targets = {target["measure"]: target for target in report["targets"]}
     assert {"train_tokens_per_second_default", "train_tokens_per_second_xla", "train_tokens_per_second_bf16",
