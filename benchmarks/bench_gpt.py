@@ -16,7 +16,8 @@ installed (`pip install -e '.[bench]'`) and skipped with a note otherwise. Measu
 
 Every measure is taken once per round for each system, back to back (their order
 rotates between rounds; generation's timed calls take turns between systems within a
-round), and the table reports medians over rounds with the ratio of tfzoo to each peer. Results go to benchmarks/results/.
+round), and the table reports medians over rounds with the ratio of tfzoo to each peer.
+Results go to benchmarks/results/.
 
     python benchmarks/bench_gpt.py                  # full run (~20 min on 2 cores)
     python benchmarks/bench_gpt.py --quick          # smoke test, tiny sizes (a few minutes)
@@ -378,7 +379,7 @@ def make_generate(system, model, prompts, new_tokens, jit_compile):
 
 
 def run_generation(settings, rounds, log):
-    """Each cell (variant, batch size) of a round: every system's first call, then their timed calls in turns.
+    """Each (variant, batch size) of a round: every system's first call, then their timed calls in turns.
 
     The timed calls alternate between systems (A B, B A, A B, ...) rather than running one
     system's calls and then the next's: at batch 1 a call takes ~50 ms and the host's load
@@ -437,7 +438,7 @@ def run_generation(settings, rounds, log):
                     log(f"  round {round_index + 1}/{rounds} generate {variant:7s} batch {batch_size} "
                         f"{system:9s}: {rate:7.0f} new tokens/s, first call {run['first_call']:5.1f} s "
                         f"(jit_compile={run['jit']}, {run['counts'][0]} new tokens/row)")
-                del runs, output
+                del runs, model, generate, checked, output
                 gc.collect()
     return measures, checks
 
