@@ -49,8 +49,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     HF_TORCH, KERAS_HUB, RESULTS, TFZOO, Logger, add_peer_arguments, benchmark_parser, best_peak, check_targets,
     checked_args, format_memory_table, format_mfu_table, format_table, format_targets, forward_flops_per_token,
-    import_for_memory_child, load_average, measure_matmul_peak, order_for_round, parameter_count, print_report,
-    report_peak_memory, resident_bytes, run_memory_children, seeded_build, start_run, summarize, write_json,
+    import_for_memory_child, load_average, measure_matmul_peak, order_for_call, order_for_round, parameter_count,
+    print_report, report_peak_memory, resident_bytes, run_memory_children, seeded_build, start_run, summarize,
+    write_json,
 )
 
 # Set by main() when PyTorch and transformers are installed (and not --no-torch).
@@ -304,7 +305,7 @@ def measure_pair(kind, variant, round_index, settings, tensor_inputs, numpy_inpu
             calls[system]()
     seconds = {system: [] for system in order}
     for index in range(settings["calls"]):
-        for system in (order if index % 2 == 0 else order[::-1]):
+        for system in order_for_call(index, order):
             seconds[system].append(timed(calls[system])[0])
     parameters = {system: parameter_count(model) for system, model in models.items()}
     del models, calls

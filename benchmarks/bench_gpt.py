@@ -43,9 +43,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     HF_TORCH, KERAS_HUB, RESULTS, SHORT_LABELS, TFZOO, Logger, add_peer_arguments, benchmark_parser, best_peak,
     check_targets, checked_args, format_memory_table, format_mfu_table, format_table, format_targets,
-    forward_flops_per_token, import_for_memory_child, load_average, measure_matmul_peak, order_for_round,
-    parameter_count, print_report, report_peak_memory, resident_bytes, run_memory_children, seeded_build, start_run,
-    summarize, write_json,
+    forward_flops_per_token, import_for_memory_child, load_average, measure_matmul_peak, order_for_call,
+    order_for_round, parameter_count, print_report, report_peak_memory, resident_bytes, run_memory_children,
+    seeded_build, start_run, summarize, write_json,
 )
 SYSTEM_NAMES = {TFZOO: "tfzoo GPT", KERAS_HUB: "keras-hub GPT2", HF_TORCH: "HF GPT2LMHeadModel"}
 # Set by main() when PyTorch and transformers are installed (and not --no-torch).
@@ -416,7 +416,7 @@ def run_generation(settings, rounds, log):
                                         counts=counts, first_call=first_call, call_seconds=[])
                 turns = []
                 for call_index in range(settings["generate_calls"]):
-                    for system in (order if call_index % 2 == 0 else order[::-1]):
+                    for system in order_for_call(call_index, order):
                         turns.append(system)
                         run = runs[system]
                         begin = time.perf_counter()
@@ -608,7 +608,7 @@ def run_savedmodel(settings, rounds, log):
                     check(calls[way]())  # the first in-process XLA call compiles
                 seconds = {way: [] for way in order}
                 for index in range(settings["savedmodel_calls"]):
-                    for way in (order if index % 2 == 0 else order[::-1]):
+                    for way in order_for_call(index, order):
                         begin = time.perf_counter()
                         texts = calls[way]()
                         seconds[way].append(time.perf_counter() - begin)

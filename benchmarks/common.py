@@ -86,6 +86,12 @@ def order_for_round(round_index, systems=(TFZOO, KERAS_HUB)):
     return systems[shift:] + systems[:shift]
 
 
+def order_for_call(call_index, order):
+    """`order` for even calls and reversed for odd ones (A B, B A, A B, ...): timed calls that
+    take turns, so that no system always runs right after the same one."""
+    return tuple(order) if call_index % 2 == 0 else tuple(order)[::-1]
+
+
 # ---------------------------------------------------------------------------- PyTorch
 def load_torch(log=print, wanted=True):
     """`torch` with its threads set like TensorFlow's, or None with a printed reason.
