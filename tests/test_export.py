@@ -268,6 +268,11 @@ print(json.dumps({{"greedy": run(0.0, 0, 1.0, 1), "top1": run(1.0, 1, 1.0, 5), "
     assert runs["top1"] == greedy  # top-k 1 leaves only the argmax
     assert runs["a"] == runs["b"]  # the same seed gives the same sample
     assert runs["a"] != runs["c"] and runs["a"] != greedy  # a hot temperature really samples
+    # The signature's draws are the Keras model's without XLA, whose stateless sampler is
+    # TensorFlow's own kernel (under XLA the same seed draws other numbers).
+    keras_sampled = model.generate([list(model.tokenizer(p)) for p in PROMPTS], max_new_tokens=10,
+                                   temperature=2.0, seed=3, jit_compile=False)
+    assert runs["a"] == keras_sampled
 
 
 def test_bert_encoder_and_classifier_exports_match_keras(tmp_path):

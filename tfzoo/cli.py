@@ -166,17 +166,40 @@ def load_keras_model(path):
     return keras.models.load_model(resolve_keras_model_path(path), compile=False)
 
 
-def generate_with_saved_model(path, prompts, max_new_tokens):
-    """Greedy continuation of `prompts` by an exported SavedModel (TensorFlow only)."""
+def generate_with_saved_model(path, prompts, max_new_tokens, temperature=0.0, top_k=None, top_p=None, seed=None):
+    """Continuations of `prompts` by an exported SavedModel (TensorFlow only).
+
+    `temperature` 0 calls the greedy `generate` signature; above 0, `generate_sampled`
+    with `top_k` / `top_p` when given. Without a `seed`, each call draws a fresh one,
+    as `GPT.generate` samples afresh without one.
+    """
+    import random
+
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  registers the tokenizer ops the export uses
 
+    from tfzoo.generation.sampling import validate_sampling
+
+    validate_sampling(max_new_tokens, temperature, top_k, top_p)
+    if seed is not None and not 0 <= seed < 2**31:
+        raise ValueError(f"`seed` must be in [0, 2**31) for a SavedModel's int32 seed. Received: seed={seed}")
     loaded = tf.saved_model.load(path)
-    outputs = loaded.signatures["generate"](
-        prompts=tf.constant(prompts), max_new_tokens=tf.constant(max_new_tokens, tf.int32)
-    )
+    inputs = dict(prompts=tf.constant(prompts), max_new_tokens=tf.constant(max_new_tokens, tf.int32))
+    if temperature > 0:
+        if "generate_sampled" not in loaded.signatures:
+            raise ValueError(f"{path} has no generate_sampled signature: it can only be used greedily.")
+        outputs = loaded.signatures["generate_sampled"](
+            **inputs, temperature=tf.constant(float(temperature)),
+            top_k=tf.constant(top_k or 0, tf.int32),  # 0 and 1.0 switch the filters off
+            top_p=tf.constant(1.0 if top_p is None else float(top_p)),
+            seed=tf.constant(random.randrange(2**31) if seed is None else seed, tf.int32),
+        )
+    else:
+        outputs = loaded.signatures["generate"](**inputs)
     return [text.decode("utf-8", "replace") for text in outputs["text"].numpy()]
 
+
+DEMO_SAMPLING = dict(temperature=0.8, top_p=0.95, seed=0)  # what `tfzoo train gpt` prints after its greedy text
 
 # --quick: the whole path (corpus, tokenizer, fit, checkpoints, export) in about a minute.
 QUICK = dict(preset="gpt_test", vocabulary_size=512, sequence_length=64, batch_size=8, epochs=2,
@@ -284,14 +307,18 @@ def command_train(args):
     print("Greedy continuations from the exported SavedModel (prompt in brackets):")
     for prompt, text in zip(prompts, generate_with_saved_model(path, prompts, 48)):
         print(f"[{prompt}]{text}\n")
+    # A small model's greedy text soon repeats itself; sampling reads more like its corpus.
+    print(f"Sampled from it (generate_sampled: temperature {DEMO_SAMPLING['temperature']}, "
+          f"top-p {DEMO_SAMPLING['top_p']}, seed {DEMO_SAMPLING['seed']}):")
+    for prompt, text in zip(prompts, generate_with_saved_model(path, prompts, 48, **DEMO_SAMPLING)):
+        print(f"[{prompt}]{text}\n")
     return 0
 
 
 def command_generate(args):
     if os.path.isfile(os.path.join(args.model, "saved_model.pb")):
-        if args.temperature or args.top_k or args.top_p:
-            raise ValueError("The SavedModel's generate signature is greedy: drop --temperature/--top-k/--top-p.")
-        texts = generate_with_saved_model(args.model, args.prompts, args.max_new_tokens)
+        texts = generate_with_saved_model(args.model, args.prompts, args.max_new_tokens, args.temperature,
+                                          args.top_k, args.top_p, args.seed)
     else:
         model = load_keras_model(args.model)
         texts = model.generate(

@@ -302,7 +302,9 @@ class GPT(keras.Model):
             top_p: sample among the most likely tokens whose probability reaches `top_p`.
             stop_token_ids: a prompt stops after one of these (not included in the
                 output). "auto" is the tokenizer's end-of-text token, if any.
-            seed: an int for reproducible sampling.
+            seed: an int for reproducible sampling. With and without XLA the same seed
+                draws different tokens (XLA has its own random-number kernel); the
+                SavedModel's `generate_sampled` draws those of `jit_compile=False`.
             use_cache: cache keys and values (fast); False recomputes the whole
                 sequence at every step (slow, a reference for tests).
             jit_compile: compile the decode loop with XLA. "auto" is True: XLA makes
