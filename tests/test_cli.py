@@ -181,3 +181,6 @@ def test_empty_corpus_file_and_bad_sampling_arguments(quick_run, tmp_path):
     assert result.returncode == 2 and "top_p=1.5" in result.stderr
     result = run_cli("generate", "--model", os.path.join(export_root, "gpt", "1"), "Hi", "--temperature", "-0.5")
     assert result.returncode == 2 and "temperature=-0.5" in result.stderr
+    result = run_cli("generate", "--model", os.path.join(export_root, "gpt", "1"), "Hi", "--temperature", "1",
+                     "--seed", "-1")
+    assert result.returncode == 2 and "seed=-1" in result.stderr  # the signature's seed is an int32 >= 0
