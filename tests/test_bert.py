@@ -494,3 +494,53 @@ def test_encode_cuts_the_grid_after_the_last_real_token(monkeypatch):
     encoder._untracked.packed_forward.clear()  # a fresh function traces the concrete shape
     encoder.encode(features, jit_compile=False)
     assert grids[-1] == (3, 80)
+
+
+def test_encode_refuses_sequences_longer_than_the_position_table():
+    encoder = small_encoder(sequence_length=16)
+    features = {"token_ids": np.full((2, 20), CLS), "padding_mask": np.ones((2, 20), bool)}
+    # Under XLA the position lookup would be clamped silently: the check comes first.
+    for jit_compile in (True, False):
+        with pytest.raises(ValueError, match="20 tokens, more than this encoder's max_sequence_length=16"):
+            encoder.encode(features, jit_compile=jit_compile)
+    with pytest.raises(ValueError, match="max_sequence_length=16"):
+        encoder(features)
+
+
+def test_embeddings_are_float32_means_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        encoder = small_encoder(with_preprocessor=True, sequence_length=512, max_sequence_length=512)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # 301 real tokens: a bfloat16 sum of the mask counts them as 300.
+    length = 301
+    features = {"token_ids": np.full((1, 512), word_ids("cat")[0]),
+                "padding_mask": np.arange(512)[None, :] < length}
+    sequence = keras.ops.convert_to_numpy(encoder(features)["sequence_output"]).astype("float64")
+    expected = sequence[0, :length].mean(0)
+    pooled = keras.ops.convert_to_numpy(encoder.embed_features(features, normalize=False))
+    assert pooled.dtype == np.float32
+    np.testing.assert_allclose(pooled[0], expected, rtol=1e-5, atol=1e-6)
+    assert encoder.embed(["the cat sat"]).dtype == np.float32
+
+
+def test_masked_lm_applies_its_dropout_in_training_only():
+    encoder = small_encoder()
+    inputs = {**packed_batch(["the cat sat on the mat", "we eat"]), "mask_positions": np.array([[1, 2], [1, 2]])}
+    without = BertMaskedLM(encoder, dropout=0.0)
+    with_dropout = BertMaskedLM(encoder, dropout=0.5)
+    without.build()
+    with_dropout.build()
+    with_dropout.set_weights(without.get_weights())  # the same encoder; the same head weights too
+    inference = keras.ops.convert_to_numpy(with_dropout(inputs, training=False))
+    np.testing.assert_allclose(inference, keras.ops.convert_to_numpy(without(inputs, training=False)), atol=1e-6)
+    # In training, dropout changes the logits; dropout=0 leaves them as at inference.
+    assert not np.allclose(keras.ops.convert_to_numpy(with_dropout(inputs, training=True)), inference, atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(without(inputs, training=True)),
+                               keras.ops.convert_to_numpy(without(inputs, training=False)), atol=1e-6)
+
+
+def test_embed_rejects_a_zero_batch_size():
+    with pytest.raises(ValueError, match="batch_size=0"):
+        small_encoder(with_preprocessor=True).embed(["the cat"], batch_size=0)

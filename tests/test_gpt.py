@@ -121,6 +121,16 @@ def test_sampling_is_reproducible_and_limits_reduce_to_greedy(trained_model):
                                   stop_token_ids=()) == greedy
 
 
+def test_top_k_past_the_vocabulary_keeps_every_token(trained_model):
+    prompts = [[5, 6, 7], [30]]
+    settings = dict(max_new_tokens=6, temperature=1.5, seed=5, stop_token_ids=())
+    unfiltered = trained_model.generate(prompts, **settings)
+    assert trained_model.generate(prompts, top_k=trained_model.vocabulary_size + 50, **settings) == unfiltered
+    # NumPy integers (as from a config or an array) count as integers.
+    assert trained_model.generate(prompts, top_k=np.int64(10**6), **{**settings, "max_new_tokens": np.int64(6)}) \
+        == unfiltered
+
+
 def test_string_prompts_round_trip_through_the_tokenizer(trained_model):
     texts = trained_model.generate(["Return the", "If"], max_new_tokens=6, stop_token_ids=())
     assert len(texts) == 2 and all(isinstance(text, str) for text in texts)

@@ -1062,9 +1062,31 @@ def test_unknown_positional_kind():
         PositionalEncoding("absolute")
 
 
-def test_positional_needs_even_width(rng):
-    with pytest.raises(ValueError, match="even"):
-        PositionalEncoding("sinusoidal")(random(rng, 1, 3, 7))
+def test_rotary_needs_even_width(rng):
+    with pytest.raises(ValueError, match="even head_dim"):
+        PositionalEncoding("rotary")(random(rng, 1, 3, 2, 7))
+
+
+@pytest.mark.parametrize("kind", ["sinusoidal", "learned"])
+def test_table_kinds_take_odd_widths(rng, kind):
+    layer = PositionalEncoding(kind, max_sequence_length=8)
+    inputs = np.zeros((1, 3, 7), "float32")
+    outputs = np.asarray(layer(inputs))
+    if kind == "sinusoidal":  # PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(same)
+        position, pair = 2, 3  # feature 6, the unpaired last one
+        np.testing.assert_allclose(outputs[0, position, 2 * pair], math.sin(position / 10000 ** (2 * pair / 7)), atol=1e-6)
+        np.testing.assert_allclose(outputs[0, position, 1], math.cos(position / 10000 ** 0), atol=1e-6)
+    assert outputs.shape == (1, 3, 7)
+
+
+@pytest.mark.parametrize("kind", ["sinusoidal", "learned"])
+def test_positions_past_the_table_are_refused(rng, kind):
+    layer = PositionalEncoding(kind, max_sequence_length=4)
+    layer(random(rng, 1, 4, 6))  # exactly fits
+    with pytest.raises(ValueError, match=r"Positions 0\.\.4 .*max_sequence_length=4"):
+        layer(random(rng, 1, 5, 6))
+    with pytest.raises(ValueError, match=r"Positions 2\.\.4"):
+        layer(random(rng, 1, 3, 6), start_index=2)
 
 
 def test_block_width_not_divisible_by_heads(rng):
@@ -1085,6 +1107,12 @@ def test_zero_heads(factory):
 def test_zero_key_dim():
     with pytest.raises(ValueError, match="key_dim=0"):
         MultiHeadAttention(num_heads=2, key_dim=0)
+
+
+@pytest.mark.parametrize("name", ["value_dim", "output_dim"])
+def test_zero_value_or_output_dim_is_an_error_not_the_default(name):
+    with pytest.raises(ValueError, match=f"{name}=0"):
+        MultiHeadAttention(num_heads=2, key_dim=4, **{name: 0})
 
 
 @pytest.mark.parametrize("rate", [1.5, -0.1, 1.0])

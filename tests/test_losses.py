@@ -94,6 +94,16 @@ def test_perplexity_equals_keras_hub(batch, mask_token_id):
     assert Perplexity.from_config(ours.get_config()).get_config() == ours.get_config()
 
 
+def test_perplexity_takes_trailing_one_labels_and_weights_like_the_loss(batch):
+    labels, logits, weights = batch
+    flat, trailing = Perplexity(), Perplexity()
+    flat.update_state(labels, logits, weights)
+    trailing.update_state(labels[..., None], logits, weights[..., None])
+    np.testing.assert_allclose(float(trailing.result()), float(flat.result()), rtol=1e-6)
+    expected = np.exp(float(SparseCrossEntropy(reduction="sum")(labels, logits, weights)) / weights.sum())
+    np.testing.assert_allclose(float(flat.result()), expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize("as_tensor", [False, True], ids=["python", "tensor"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.3])
 def test_the_written_out_gradient_equals_autodiff_of_the_formula(batch, smoothing, as_tensor):

@@ -34,6 +34,11 @@ def logits():
     return np.random.default_rng(3).normal(0, 2, (6, 40)).astype("float32")
 
 
+@pytest.mark.parametrize("k", [41, 1000, tf.constant(1000)])
+def test_top_k_past_the_vocabulary_keeps_everything(logits, k):
+    np.testing.assert_array_equal(filter_top_k(tf.constant(logits), k).numpy(), logits)
+
+
 @pytest.mark.parametrize("k", [1, 2, 7, 40])
 def test_top_k_keeps_exactly_the_k_largest_logits(logits, k):
     filtered = filter_top_k(tf.constant(logits), k).numpy()

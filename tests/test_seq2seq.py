@@ -306,6 +306,7 @@ def test_sampling_is_reproducible_and_top_k_one_is_greedy(trained_model):
         (dict(sources=[[5, 6]], beam_width=2, temperature=0.5), "beam_width=2"),
         (dict(sources=[[5, 6]], max_new_tokens=40), "max_new_tokens`=40"),
         (dict(sources=["a sentence"]), "no tokenizer for `sources`"),
+        (dict(sources=[[5, 6]], batch_size=0), "batch_size=0"),
     ],
 )
 def test_generate_rejects_bad_input(trained_model, arguments, message):
@@ -467,6 +468,13 @@ print(json.dumps({{"greedy": [t.decode() for t in greedy["translation"].numpy()]
     assert "max_sequence_length=64" in outputs["errors"][1]
     report = audit_saved_model(path)
     assert report["ok"], report
+    # The command line on the export: greedy works; the options the export fixed are refused, by name.
+    result = run_cli("translate", "--model", path, ENGLISH[0])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == f"{ENGLISH[0]}\t{SPANISH[0]}"
+    for option, value in (("--max-new-tokens", "5"), ("--length-penalty", "1.0")):
+        result = run_cli("translate", "--model", path, ENGLISH[0], option, value)
+        assert result.returncode == 2 and f"{option} does not apply to a SavedModel" in result.stderr, result.stderr
 
 
 def test_sentence_checks_run_before_the_translation_loop(translator):

@@ -131,3 +131,9 @@ def test_wordpiece_vocabulary_trained_on_a_corpus_covers_it():
                                                           texts[0][:-1].split()] + ["."]
     # A word it never saw falls apart into pieces or [UNK], never an error.
     assert len(tokenizer(["zebra"]).to_list()[0]) >= 1
+    assert tokenizer.id_to_token(np.int64(2)) == "[CLS]"
+    for bad in (-1, len(vocabulary)):  # -1 would otherwise index from the end
+        with pytest.raises(ValueError, match=f"Token id {bad} is outside"):
+            tokenizer.id_to_token(bad)
+    with pytest.raises(ValueError, match="no vocabulary yet"):
+        WordPieceTokenizer().id_to_token(0)

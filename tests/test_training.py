@@ -28,6 +28,16 @@ def test_checkpoints_are_named_by_step_and_only_the_newest_are_kept(tmp_path):
     assert latest_checkpoint(str(tmp_path)) == (str(tmp_path / "step_0000006.keras"), 6)
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (dict(steps_per_epoch=0), "steps_per_epoch=0"),
+    (dict(steps_per_epoch=2, keep=0), "keep=0"),  # [:-0] would have kept every file
+    (dict(steps_per_epoch=2, every=0), "every=0"),
+])
+def test_checkpoint_settings_are_checked_up_front(tmp_path, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        StepCheckpoint(str(tmp_path), **arguments)
+
+
 def test_a_half_written_checkpoint_is_never_visible_nor_read(tmp_path, monkeypatch):
     model = small_model()
     fit_steps(model, 2, [StepCheckpoint(str(tmp_path), steps_per_epoch=2)])
@@ -59,3 +69,12 @@ def test_restore_without_checkpoints_starts_from_zero(tmp_path):
     model.build()
     assert restore_latest(model, str(tmp_path / "nothing")) == 0
     assert latest_checkpoint(str(tmp_path)) == (None, 0)
+
+
+@pytest.mark.parametrize("name, value", [("checkpoint_every", 0), ("steps_per_epoch", 0), ("epochs", True)])
+def test_training_config_is_checked_before_any_work(tmp_path, name, value):
+    from tfzoo.training import GPTTrainingConfig, train_gpt
+
+    with pytest.raises(ValueError, match=f"{name}={value}"):
+        train_gpt(GPTTrainingConfig(run_dir=str(tmp_path / "run"), **{name: value}))
+    assert not os.path.exists(tmp_path / "run")

@@ -123,10 +123,13 @@ def build_parser():
     translate.add_argument("--model", required=True,
                            help="a .keras file, a run folder (its model.keras or newest checkpoint), "
                                 "or an exported SavedModel folder")
-    translate.add_argument("--beam-width", type=int, default=1, help="1 = greedy (default); more = beam search")
-    translate.add_argument("--length-penalty", type=float, default=0.6, help="beam search's GNMT alpha (default 0.6)")
+    translate.add_argument("--beam-width", type=int, default=1,
+                           help="1 = greedy (default); more = beam search (a SavedModel's beam width was "
+                                "fixed at export: any value above 1 selects its translate_beam signature)")
+    translate.add_argument("--length-penalty", type=float, default=None,
+                           help="beam search's GNMT alpha (default 0.6; not for a SavedModel, fixed at export)")
     translate.add_argument("--max-new-tokens", type=int, default=None,
-                           help="the most target tokens (default: the model's maximum)")
+                           help="the most target tokens (default: the model's maximum; not for a SavedModel)")
 
     serve = commands.add_parser("serve", help="serve every SavedModel under an export root with TF Serving's "
                                               "REST API (/v1/models/NAME:predict)")
@@ -180,7 +183,7 @@ def generate_with_saved_model(path, prompts, max_new_tokens, temperature=0.0, to
 
     from tfzoo.generation.sampling import validate_sampling
 
-    validate_sampling(max_new_tokens, temperature, top_k, top_p)
+    max_new_tokens, temperature, top_k, top_p = validate_sampling(max_new_tokens, temperature, top_k, top_p)
     if seed is not None and not 0 <= seed < 2**31:
         raise ValueError(f"`seed` must be in [0, 2**31) for a SavedModel's int32 seed. Received: seed={seed}")
     loaded = tf.saved_model.load(path)
@@ -271,6 +274,15 @@ def translate_with_saved_model(path, sentences, beam_width):
 
 def command_translate(args):
     if os.path.isfile(os.path.join(args.model, "saved_model.pb")):
+        # The export fixed these when it was traced: refuse them rather than ignore them.
+        for option, value in (("--max-new-tokens", args.max_new_tokens), ("--length-penalty", args.length_penalty)):
+            if value is not None:
+                raise ValueError(f"{option} does not apply to a SavedModel ({args.model}): the export fixed it. "
+                                 "Drop it, or translate with the .keras model.")
+        if args.beam_width < 1:
+            raise ValueError(f"`beam_width` must be an integer >= 1. Received: beam_width={args.beam_width}")
+        if args.beam_width > 1:
+            print("beam search with the export's own beam width and length penalty (translate_beam)", file=sys.stderr)
         translations = translate_with_saved_model(args.model, args.sentences, args.beam_width)
     else:
         from tfzoo.models import Seq2SeqTransformer
@@ -278,8 +290,8 @@ def command_translate(args):
         model = load_keras_model(args.model)
         if not isinstance(model, Seq2SeqTransformer):
             raise ValueError(f"{args.model} holds a {type(model).__name__}, not a seq2seq model: use `tfzoo generate`.")
-        translations = model.generate(args.sentences, max_new_tokens=args.max_new_tokens,
-                                      beam_width=args.beam_width, length_penalty=args.length_penalty)
+        translations = model.generate(args.sentences, max_new_tokens=args.max_new_tokens, beam_width=args.beam_width,
+                                      length_penalty=0.6 if args.length_penalty is None else args.length_penalty)
     for sentence, translation in zip(args.sentences, translations):
         print(f"{sentence}\t{translation}")
     return 0

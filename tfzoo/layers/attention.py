@@ -253,8 +253,9 @@ class MultiHeadAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_heads = positive_int("num_heads", num_heads)
         self.key_dim = positive_int("key_dim", key_dim)
-        self.value_dim = positive_int("value_dim", value_dim) if value_dim else self.key_dim
-        self.output_dim = positive_int("output_dim", output_dim) if output_dim else None
+        # `is None`, not truthiness: value_dim=0 is an error, not "the default".
+        self.value_dim = self.key_dim if value_dim is None else positive_int("value_dim", value_dim)
+        self.output_dim = None if output_dim is None else positive_int("output_dim", output_dim)
         self.dropout = dropout_rate("dropout", dropout)
         self.use_bias = use_bias
         self.use_rotary_embedding = use_rotary_embedding

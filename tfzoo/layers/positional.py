@@ -88,10 +88,10 @@ class PositionalEncoding(keras.layers.Layer):
 
     def build(self, inputs_shape):
         feature_dim = inputs_shape[-1]
-        if feature_dim is None or feature_dim % 2:
-            raise ValueError(
-                f"PositionalEncoding needs an even, known last dimension. Received shape {inputs_shape}"
-            )
+        if feature_dim is None:
+            raise ValueError(f"PositionalEncoding needs a known last dimension. Received shape {inputs_shape}")
+        if self.kind == "rotary" and feature_dim % 2:  # rotary turns features in pairs
+            raise ValueError(f"Rotary encoding needs an even head_dim. Received shape {inputs_shape}")
         if self.kind == "rotary" and len(inputs_shape) != 4:
             raise ValueError(
                 "Rotary encoding applies to queries or keys shaped (batch, sequence, heads, head_dim). "
@@ -112,6 +112,15 @@ class PositionalEncoding(keras.layers.Layer):
     def call(self, inputs, start_index=0):
         shape = ops.shape(inputs)
         batch_size, sequence_length = shape[0], shape[1]
+        static_length = inputs.shape[1]
+        if self.kind != "rotary" and static_length is not None and isinstance(start_index, int):
+            # A table lookup past its end would fail on CPU eagerly but be clamped under
+            # XLA (silently wrong): refuse it while the shape is known.
+            if start_index + static_length > self.max_sequence_length:
+                raise ValueError(
+                    f"Positions {start_index}..{start_index + static_length - 1} do not fit in "
+                    f"max_sequence_length={self.max_sequence_length}."
+                )
         positions = _positions(batch_size, sequence_length, start_index)  # (batch, sequence)
         if self.kind == "learned":
             table = self.position_embeddings

@@ -226,6 +226,14 @@ class BertEncoder(keras.Model):
         token_ids, segment_ids, padding_mask = (np.asarray(part) for part in _features(inputs))
         if not self.built:
             self.build()
+        # Checked here: under XLA an out-of-range position id would be clamped silently.
+        if token_ids.ndim != 2:
+            raise ValueError(f"token_ids must be (batch, sequence); got shape {token_ids.shape}.")
+        if token_ids.shape[1] > self.max_sequence_length:
+            raise ValueError(
+                f"The sequence has {token_ids.shape[1]} tokens, more than this encoder's "
+                f"max_sequence_length={self.max_sequence_length}; truncate it in preprocessing."
+            )
         # The columns after the last real token are padding in every row: the attention
         # products, the only work on the grid, leave them out (3x faster for the tiny BERT
         # on texts of 64-128 tokens padded to 512, measured).
@@ -277,6 +285,7 @@ class BertEncoder(keras.Model):
         if self.preprocessor is None:
             raise ValueError("This encoder has no preprocessor: it cannot embed raw text.")
         texts = _text_list(texts)
+        batch_size = positive_int("batch_size", batch_size)
         batches = []
         for start in range(0, len(texts), batch_size):
             features = self.preprocessor(tf.constant(texts[start : start + batch_size]))
@@ -316,7 +325,10 @@ class BertEncoder(keras.Model):
 
 def _mean_pool(sequence, padding_mask, normalize):
     """The mean of `sequence` `(batch, length, width)` over real tokens, L2-normalized or not."""
-    mask = ops.cast(padding_mask, sequence.dtype)[:, :, None]
+    # In float32 even under mixed precision: a bfloat16 sum miscounts long sequences
+    # (301 tokens add up to 300) and the embeddings would come out bfloat16.
+    sequence = ops.cast(sequence, "float32")
+    mask = ops.cast(padding_mask, "float32")[:, :, None]
     pooled = ops.sum(sequence * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
     if normalize:
         pooled = pooled / ops.maximum(ops.norm(pooled, axis=-1, keepdims=True), 1e-12)
@@ -419,6 +431,11 @@ class BertTokenClassifier(_BertHead):
     Returns:
         Logits `(batch, sequence, num_classes)`. Train with `sample_weight` set to the
         padding mask so that padding does not count.
+
+    Example:
+    >>> tagger = BertTokenClassifier(BertEncoder.from_preset("bert_test"), num_classes=5)
+    >>> tagger({"token_ids": np.ones((2, 7), "int32")}).shape
+    TensorShape([2, 7, 5])
     """
 
     def __init__(self, encoder, num_classes, dropout=0.1, **kwargs):
@@ -454,6 +471,12 @@ class BertSpanQA(_BertHead):
     Returns:
         A dict of `start_logits` and `end_logits`, each `(batch, sequence)`. Labels are
         `{"start_logits": start_index, "end_logits": end_index}`.
+
+    Example:
+    >>> reader = BertSpanQA(BertEncoder.from_preset("bert_test"))
+    >>> spans = reader({"token_ids": np.ones((2, 9), "int32")})
+    >>> spans["start_logits"].shape, spans["end_logits"].shape
+    (TensorShape([2, 9]), TensorShape([2, 9]))
     """
 
     def __init__(self, encoder, dropout=0.1, **kwargs):
@@ -492,6 +515,14 @@ class BertMaskedLM(_BertHead):
     Returns:
         Logits `(batch, num_masks, vocabulary_size)`. Use `tfzoo.data.masked_lm_dataset`
         to make inputs, labels and weights.
+
+    Example:
+    >>> encoder = BertEncoder.from_preset("bert_test")
+    >>> masked_lm = BertMaskedLM(encoder)
+    >>> logits = masked_lm({"token_ids": np.ones((2, 8), "int32"),
+    ...                     "mask_positions": np.array([[1, 4], [2, 3]], "int32")})
+    >>> logits.shape[:2], logits.shape[2] == encoder.vocabulary_size
+    (TensorShape([2, 2]), True)
     """
 
     def __init__(self, encoder, dropout=0.0, **kwargs):
@@ -514,6 +545,7 @@ class BertMaskedLM(_BertHead):
     def call(self, inputs, training=None):
         sequence = self.encoder(inputs, training=training)["sequence_output"]
         masked = ops.take_along_axis(sequence, ops.cast(inputs["mask_positions"], "int32")[:, :, None], axis=1)
+        masked = self.output_dropout(masked, training=training)
         hidden = self.transform_norm(self.transform_dense(masked))  # (batch, masks, hidden)
         embeddings = ops.cast(self.encoder.token_embedding.embeddings, hidden.dtype)
         logits = ops.matmul(hidden, ops.transpose(embeddings)) + ops.cast(self.output_bias, hidden.dtype)

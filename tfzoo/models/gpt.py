@@ -314,7 +314,7 @@ class GPT(keras.Model):
             Strings (the generated continuations) when the prompts were strings,
             otherwise lists of new token ids.
         """
-        validate_sampling(max_new_tokens, temperature, top_k, top_p)
+        max_new_tokens, temperature, top_k, top_p = validate_sampling(max_new_tokens, temperature, top_k, top_p)
         token_lists, strings = token_id_lists(prompts, self.tokenizer, self.vocabulary_size, "prompts", "Prompt")
         if not self.built:
             self.build()  # else the decode loop would build the sublayers but not the model

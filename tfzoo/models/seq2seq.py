@@ -596,8 +596,9 @@ class Seq2SeqTransformer(keras.Model):
         """
         if max_new_tokens is None:
             max_new_tokens = self.max_sequence_length
-        validate_sampling(max_new_tokens, temperature, top_k, top_p)
+        max_new_tokens, temperature, top_k, top_p = validate_sampling(max_new_tokens, temperature, top_k, top_p)
         validate_beam_search(beam_width, length_penalty)
+        batch_size = positive_int("batch_size", batch_size)
         if beam_width > 1 and float(temperature) != 0.0:
             raise ValueError(f"Beam search is deterministic: use temperature=0 with beam_width={beam_width}.")
         if max_new_tokens > self.max_sequence_length:

@@ -125,7 +125,11 @@ class WordPieceTokenizer(keras.layers.Layer):
         return self._token_ids[token]
 
     def id_to_token(self, token_id):
-        return self.vocabulary[token_id]
+        self._require_vocabulary()
+        # Checked: a negative id would index from the end of the list.
+        if isinstance(token_id, bool) or not 0 <= token_id < len(self.vocabulary):
+            raise ValueError(f"Token id {token_id!r} is outside [0, {len(self.vocabulary)}).")
+        return self.vocabulary[int(token_id)]
 
     @property
     def pad_token_id(self):

@@ -7,6 +7,8 @@ import re
 import keras
 import tensorflow as tf
 
+from tfzoo.validation import positive_int
+
 CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.keras$")
 
 
@@ -95,9 +97,9 @@ class StepCheckpoint(keras.callbacks.Callback):
     def __init__(self, checkpoint_dir, steps_per_epoch, every=None, keep=3):
         super().__init__()
         self.checkpoint_dir = checkpoint_dir
-        self.steps_per_epoch = steps_per_epoch
-        self.every = every
-        self.keep = keep
+        self.steps_per_epoch = positive_int("steps_per_epoch", steps_per_epoch)
+        self.every = None if every is None else positive_int("every", every)
+        self.keep = positive_int("keep", keep)  # keep=0 would slice [:-0] and keep everything
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())

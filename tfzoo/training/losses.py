@@ -129,13 +129,18 @@ class SparseCrossEntropy(keras.losses.Loss):
         super().__init__(reduction=reduction, name=name, dtype=dtype)
 
     def call(self, y_true, y_pred):
-        labels = ops.cast(y_true, "int32")
-        if len(labels.shape) == len(y_pred.shape):  # (..., 1) labels, as Keras also takes
-            labels = ops.squeeze(labels, axis=-1)
-        return token_cross_entropy(checked_labels(labels, y_pred), y_pred)
+        return token_cross_entropy(checked_labels(_sparse_labels(y_true, y_pred), y_pred), y_pred)
 
     def get_config(self):
         return {"reduction": self.reduction, "name": self.name, "dtype": self.dtype}
+
+
+def _sparse_labels(y_true, y_pred):
+    """Integer labels shaped like `y_pred` without its last axis; `(..., 1)` labels, as Keras also takes."""
+    labels = ops.cast(y_true, "int32")
+    if len(labels.shape) == len(y_pred.shape):
+        labels = ops.squeeze(labels, axis=-1)
+    return labels
 
 
 @keras.saving.register_keras_serializable(package="tfzoo")
@@ -161,10 +166,13 @@ class Perplexity(keras.metrics.Metric):
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = ops.cast(y_true, "int32")
+        labels = _sparse_labels(y_true, y_pred)
         weights = ops.ones_like(labels, dtype="float32")
         if sample_weight is not None:
-            weights = weights * ops.cast(sample_weight, "float32")
+            sample_weight = ops.cast(sample_weight, "float32")
+            if len(sample_weight.shape) == len(y_pred.shape):  # (..., 1), like the labels
+                sample_weight = ops.squeeze(sample_weight, axis=-1)
+            weights = weights * sample_weight
         if self.mask_token_id is not None:
             weights = weights * ops.cast(ops.not_equal(labels, self.mask_token_id), "float32")
         losses = token_cross_entropy(checked_labels(labels, y_pred), y_pred)

@@ -21,6 +21,7 @@ from tfzoo.training.distribute import (
     resolve_precision,
     set_precision,
 )
+from tfzoo.validation import positive_int
 
 SAMPLE_PROMPTS = ["Return the", "If the", "This module"]
 
@@ -52,11 +53,10 @@ class GPTTrainingConfig:
 
 def _check(config):
     for name in ("vocabulary_size", "sequence_length", "batch_size", "epochs"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
-        raise ValueError(f"`steps_per_epoch` must be >= 1. Received: {config.steps_per_epoch!r}")
+        positive_int(name, getattr(config, name))
+    for name in ("steps_per_epoch", "checkpoint_every"):  # None means "not set"
+        if getattr(config, name) is not None:
+            positive_int(name, getattr(config, name))
     if not 0.0 <= config.validation_fraction < 0.5:
         raise ValueError(f"`validation_fraction` must be in [0, 0.5). Received: {config.validation_fraction!r}")
 

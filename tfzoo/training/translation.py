@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from tfzoo.training.callbacks import StepCheckpoint, latest_checkpoint, restore_latest
+from tfzoo.validation import positive_int
 
 CORPORA = ("auto", "bible", "django")
 
@@ -75,11 +76,9 @@ def load_pairs(corpus, log=print):
 def _check(config):
     for name in ("vocabulary_size", "max_sequence_length", "batch_size", "epochs", "test_size", "max_words",
                  "beam_width"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
-        raise ValueError(f"`steps_per_epoch` must be >= 1. Received: {config.steps_per_epoch!r}")
+        positive_int(name, getattr(config, name))
+    if config.steps_per_epoch is not None:  # None means "the whole dataset"
+        positive_int("steps_per_epoch", config.steps_per_epoch)
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ValueError(f"`label_smoothing` must be in [0, 1). Received: {config.label_smoothing!r}")
 
