@@ -74,6 +74,21 @@ def test_config_round_trip_with_and_without_preprocessor():
     assert (restored.num_classes, restored.dropout, restored.encoder.vocabulary_size) == (3, 0.2, len(VOCABULARY))
 
 
+def test_a_config_or_a_clone_carries_the_wordpiece_vocabulary():
+    import json
+
+    encoder = small_encoder(with_preprocessor=True)
+    texts = ["the cat sat on the mat", "we eat"]
+    expected = encoder.embed(texts)
+    restored = BertEncoder.from_config(json.loads(json.dumps(encoder.get_config())))
+    clone = keras.models.clone_model(encoder)
+    for copy in (restored, clone):
+        assert copy.preprocessor.tokenizer.vocabulary == VOCABULARY
+        copy.build()
+        copy.set_weights(encoder.get_weights())
+        np.testing.assert_allclose(copy.embed(texts), expected, atol=1e-6)
+
+
 def test_keras_save_and_reload_reproduces_outputs_and_vocabulary(tmp_path):
     encoder = small_encoder(with_preprocessor=True)
     encoder.build()

@@ -1,5 +1,7 @@
 """GPT: forward pass against keras-hub's GPT2 on the same weights, training, generation, saving."""
 
+import json
+
 import keras
 import keras_hub
 import numpy as np
@@ -205,3 +207,26 @@ def test_generate_on_a_fresh_model_leaves_it_usable():
     assert model.built
     model.compile()
     model.fit(np.ones((2, 8), "int32"), np.ones((2, 8), "int32"), verbose=0)
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert", "seq2seq"])
+def test_a_function_activation_survives_a_json_config(family):
+    from tfzoo import BertEncoder
+    from tfzoo.layers.activations import gelu_approximate
+    from tfzoo.models import Seq2SeqTransformer
+
+    cls, preset = {"gpt": (GPT, "gpt_test"), "bert": (BertEncoder, "bert_test"),
+                   "seq2seq": (Seq2SeqTransformer, "seq2seq_test")}[family]
+    for activation in (keras.activations.silu, gelu_approximate):  # a Keras built-in, a registered function
+        model = cls.from_preset(preset, activation=activation)
+        model.build()
+        config = json.loads(json.dumps(model.get_config()))  # a function itself would not be JSON
+        restored = cls.from_config(config)
+        restored.build()
+        restored.set_weights(model.get_weights())
+        assert restored.activation is activation or restored.activation == activation.__name__
+        if family == "bert":
+            token_ids = np.arange(1, 9)[None, :]
+            np.testing.assert_array_equal(restored(token_ids)["sequence_output"], model(token_ids)["sequence_output"])
+        else:
+            assert restored.generate([[5, 6, 7]], max_new_tokens=4) == model.generate([[5, 6, 7]], max_new_tokens=4)

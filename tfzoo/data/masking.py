@@ -3,6 +3,8 @@
 import keras_hub
 import tensorflow as tf
 
+from tfzoo.validation import positive_int
+
 
 def masked_lm_dataset(texts, preprocessor, batch_size=32, mask_rate=0.15, max_masks=None, shuffle=True, seed=0):
     """Texts to `(inputs, labels, weights)` batches for `BertMaskedLM`.
@@ -18,10 +20,13 @@ def masked_lm_dataset(texts, preprocessor, batch_size=32, mask_rate=0.15, max_ma
         preprocessor: a `tfzoo.text.BertPreprocessor`.
         batch_size: texts per batch.
         mask_rate: the fraction of tokens chosen.
-        max_masks: mask slots per text (default: `mask_rate` of the sequence length, rounded up).
+        max_masks: mask slots per text (default: `mask_rate` of the sequence length, rounded
+            down, plus one).
     """
     tokenizer = preprocessor.tokenizer
-    max_masks = max_masks or max(1, -(-int(preprocessor.sequence_length * mask_rate) // 1) + 1)
+    if max_masks is None:  # one slot of slack: the selection is random, so some texts get more than the rate
+        max_masks = int(preprocessor.sequence_length * mask_rate) + 1
+    max_masks = positive_int("max_masks", max_masks)
     masker = keras_hub.layers.MaskedLMMaskGenerator(
         vocabulary_size=tokenizer.vocabulary_size(),
         mask_selection_rate=mask_rate,

@@ -15,7 +15,8 @@ Signatures by family (input names as given; outputs in a dict):
   WordPiece), `generate`: `prompts` (strings) and `max_new_tokens` -> `text`,
   `token_ids`, `lengths`, with tokenization, the greedy loop and detokenization
   in the graph. The key/value `cache` is one static-shape tensor
-  `[num_layers, batch, 2, max_sequence_length, num_heads, head_dim]`.
+  `[num_layers, batch, 2, num_heads, max_sequence_length, head_dim]`
+  (keys and values at index 0 and 1 of the third axis).
 - BERT classifier: `classify` (`text`) -> `label`, `label_id`, `probabilities`; and
   `classify_token_ids` (`token_ids` packed to the preprocessor's `[batch, sequence_length]`) -> the same.
 - BERT encoder: `embed` (`text`) -> `embedding` (mean-pooled, L2-normalized); and

@@ -64,6 +64,16 @@ def get_activation(activation):
     return keras.activations.get(activation)
 
 
+def serialize_activation(activation):
+    """A name as it is, a function as Keras serializes it: what `get_config` stores (JSON)."""
+    return activation if isinstance(activation, str) else keras.activations.serialize(activation)
+
+
+def deserialize_activation(activation):
+    """The inverse of `serialize_activation`: a name, or the function a config dict names."""
+    return keras.activations.get(activation) if isinstance(activation, dict) else activation
+
+
 def compute_dtype_of(x):
     """The dtype a fused pass computes `x` in: float32 for half precision, else its own."""
     # Half-precision inputs (mixed precision) are computed in float32 inside the fused

@@ -2,7 +2,9 @@
 
 import keras
 
-from tfzoo.layers.activations import fused_activation, get_activation, worth_fusing
+from tfzoo.layers.activations import (
+    deserialize_activation, fused_activation, get_activation, serialize_activation, worth_fusing,
+)
 from tfzoo.layers.attention import MultiHeadAttention, on_tokens
 from tfzoo.layers.normalization import normalize
 from tfzoo.validation import dropout_rate, positive_int
@@ -75,7 +77,7 @@ class TransformerBlock(keras.layers.Layer):
         self.num_heads = positive_int("num_heads", num_heads)
         self.intermediate_dim = positive_int("intermediate_dim", intermediate_dim)
         self.dropout = dropout_rate("dropout", dropout)
-        self.activation = activation
+        self.activation = deserialize_activation(activation)
         self.normalize_first = normalize_first
         self.causal = causal
         self.cross_attention = cross_attention
@@ -216,9 +218,7 @@ class TransformerBlock(keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim,
                 "dropout": self.dropout,
-                "activation": self.activation
-                if isinstance(self.activation, str)
-                else keras.activations.serialize(self.activation),
+                "activation": serialize_activation(self.activation),
                 "normalize_first": self.normalize_first,
                 "causal": self.causal,
                 "cross_attention": self.cross_attention,

@@ -15,7 +15,7 @@ from keras import ops
 from tfzoo.generation.decoding import round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock
 from tfzoo.layers.attention import pack_tokens, unpack_tokens
-from tfzoo.layers.activations import get_activation
+from tfzoo.layers.activations import deserialize_activation, get_activation, serialize_activation
 from tfzoo.models.presets import BERT_PRESETS, preset_arguments
 from tfzoo.tracking import Untracked
 from tfzoo.validation import dropout_rate, positive_int
@@ -106,7 +106,7 @@ class BertEncoder(keras.Model):
         self.num_segments = positive_int("num_segments", num_segments)
         self.dropout = dropout_rate("dropout", dropout)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
-        self.activation = activation
+        self.activation = deserialize_activation(activation)  # a function, once loaded from a config
         if hidden_dim % num_heads:
             raise ValueError(
                 f"`hidden_dim` must be divisible by `num_heads`. Received: hidden_dim={hidden_dim}, "
@@ -312,7 +312,7 @@ class BertEncoder(keras.Model):
                 "num_segments": self.num_segments,
                 "dropout": self.dropout,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
-                "activation": self.activation,
+                "activation": serialize_activation(self.activation),
                 "preprocessor": keras.saving.serialize_keras_object(self.preprocessor),
             }
         )

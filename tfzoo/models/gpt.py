@@ -14,6 +14,7 @@ from keras import ops
 from tfzoo.generation import decode_loop, left_pad, next_token, sampler, validate_sampling
 from tfzoo.generation.decoding import detokenize_rows, round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place, on_tokens
+from tfzoo.layers.activations import deserialize_activation, serialize_activation
 from tfzoo.layers.attention import in_xla_function
 from tfzoo.layers.normalization import normalize
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
@@ -97,7 +98,7 @@ class GPT(keras.Model):
         self.max_sequence_length = int(max_sequence_length)
         self.dropout = dropout_rate("dropout", dropout)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
-        self.activation = activation
+        self.activation = deserialize_activation(activation)  # a function, once loaded from a config
         self.tokenizer = tokenizer
 
         initializer = keras.initializers.RandomNormal(stddev=0.02)
@@ -391,7 +392,7 @@ class GPT(keras.Model):
                 "max_sequence_length": self.max_sequence_length,
                 "dropout": self.dropout,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
-                "activation": self.activation,
+                "activation": serialize_activation(self.activation),
                 "tokenizer": keras.saving.serialize_keras_object(self.tokenizer),
             }
         )

@@ -26,6 +26,7 @@ from tfzoo.generation import decode_loop, sampler, validate_sampling
 from tfzoo.generation.beam_search import beam_search, tile_for_beams, validate_beam_search
 from tfzoo.generation.decoding import detokenize_rows, round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place
+from tfzoo.layers.activations import deserialize_activation, serialize_activation
 from tfzoo.tracking import Untracked
 from tfzoo.training.losses import checked_labels, smoothed_token_cross_entropy
 from tfzoo.validation import dropout_rate, positive_int, token_id_lists
@@ -259,7 +260,7 @@ class Seq2SeqTransformer(keras.Model):
         self.tie_output_embeddings = bool(tie_output_embeddings)
         self.dropout = dropout_rate("dropout", dropout)
         self.normalize_first = bool(normalize_first)
-        self.activation = activation
+        self.activation = deserialize_activation(activation)  # a function, once loaded from a config
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.pad_token_id = int(pad_token_id)
         self.start_token_id = int(start_token_id)
@@ -652,7 +653,7 @@ class Seq2SeqTransformer(keras.Model):
                 "tie_output_embeddings": self.tie_output_embeddings,
                 "dropout": self.dropout,
                 "normalize_first": self.normalize_first,
-                "activation": self.activation,
+                "activation": serialize_activation(self.activation),
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "pad_token_id": self.pad_token_id,
                 "start_token_id": self.start_token_id,

@@ -131,7 +131,10 @@ class SentencePieceTokenizer(keras.layers.Layer):
 
     def _require_proto(self):
         if self.proto is None:
-            raise ValueError("This SentencePieceTokenizer has no model yet.")
+            raise ValueError(
+                "This SentencePieceTokenizer has no model yet: call set_proto(). A config alone "
+                "(from_config, clone_model) does not carry the model; a .keras file does."
+            )
 
     def vocabulary_size(self):
         self._require_proto()
@@ -177,7 +180,8 @@ class SentencePieceTokenizer(keras.layers.Layer):
         self.set_proto(os.path.join(dir_path, MODEL_FILE))
 
     def get_config(self):
-        # The model travels as an asset, not in the config (which must stay JSON).
+        # The model (binary, up to megabytes) travels as an asset, not in the config: a
+        # tokenizer made by from_config alone has no model until set_proto is called.
         return super().get_config()
 
 

@@ -167,8 +167,11 @@ class WordPieceTokenizer(keras.layers.Layer):
         self.set_vocabulary(os.path.join(dir_path, VOCABULARY_FILE))
 
     def get_config(self):
+        # The vocabulary is in the config too (a JSON list), so that `from_config` and
+        # `keras.models.clone_model` give a working tokenizer; `.keras` files also carry
+        # it as an asset, which `load_assets` reads.
         config = super().get_config()
-        config.update({"lowercase": self.lowercase})
+        config.update({"vocabulary": self.vocabulary, "lowercase": self.lowercase})
         return config
 
 

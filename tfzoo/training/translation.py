@@ -7,7 +7,6 @@ rate, and at each epoch end the BLEU of a held-out sample and its translations a
 import dataclasses
 import json
 import os
-import shutil
 import time
 
 import keras
@@ -187,7 +186,6 @@ def train_translation(config, log=print):
                   label_smoothing=config.label_smoothing)
     model.build()
     done_steps = restore_latest(model, checkpoint_dir)
-    model.build()
     log(f"model: {config.preset}, {model.count_params():,} parameters; {config.epochs} epochs of "
         f"{steps_per_epoch} steps of {config.batch_size} pairs")
     with open(os.path.join(config.run_dir, "config.json"), "w") as file:
@@ -235,8 +233,3 @@ def evaluate_translation(model, pairs, beam_width=4, length_penalty=0.6, log=pri
         ]
         log(f"held-out BLEU ({name}, {len(pairs)} pairs): {bleu:.2f} in {seconds:.1f} s")
     return results
-
-
-def remove_run(run_dir):
-    """Deletes a run folder (for tests and `--fresh`)."""
-    shutil.rmtree(run_dir, ignore_errors=True)
