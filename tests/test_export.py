@@ -276,7 +276,7 @@ print(json.dumps({{"greedy": run(0.0, 0, 1.0, 1), "top1": run(1.0, 1, 1.0, 5), "
 
 
 def test_bert_encoder_and_classifier_exports_match_keras(tmp_path):
-    from tests.helpers import assertions_guard_every_loop, run_python
+    from tests.helpers import run_python
     from tfzoo.models import BertClassifier, BertEncoder
     from tfzoo.text import BertPreprocessor, WordPieceTokenizer
 

@@ -8,8 +8,6 @@ shape is checked before it is assigned, and errors name the file and the tensor.
 import json
 import os
 
-import numpy as np
-
 from tfzoo.models import GPT, BertEncoder
 from tfzoo.text import BertPreprocessor, WordPieceTokenizer, load_gpt2_tokenizer
 

@@ -23,7 +23,7 @@ import subprocess
 
 import tensorflow as tf
 
-PAD_ID, START_ID, END_ID = 0, 2, 3
+from tfzoo.text.sentencepiece import END_ID, PAD_ID, START_ID  # the ids SentencePiece training reserves
 
 
 # ------------------------------------------------------------------------- gettext catalogs

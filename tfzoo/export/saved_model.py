@@ -31,19 +31,14 @@ import shutil
 
 import tensorflow as tf
 
+from tfzoo.export.common import STRINGS, classifier_outputs, label_names_tensor, require_built
 from tfzoo.export.layout import version_folder, write_models_config
 from tfzoo.generation import tensor_sampler
 from tfzoo.generation.decoding import round_up
 from tfzoo.layers.attention import cache_writes_in_place
 
-STRINGS = tf.TensorSpec([None], tf.string)
 SCALAR_INT = tf.TensorSpec([], tf.int32)
 SCALAR_FLOAT = tf.TensorSpec([], tf.float32)
-
-
-def _require_built(model):
-    if not model.built:
-        raise ValueError("The model is not built: train or call it once before exporting.")
 
 
 class GPTServingModule(tf.Module):
@@ -56,7 +51,7 @@ class GPTServingModule(tf.Module):
         super().__init__()
         if model.tokenizer is None:
             raise ValueError("This GPT has no tokenizer: a text-in, text-out export needs one.")
-        _require_built(model)
+        require_built(model)
         self.model = model
         self.tokenizer = model.tokenizer
         self.xla = bool(xla)
@@ -178,24 +173,13 @@ class ClassifierServingModule(tf.Module):
         super().__init__()
         if model.preprocessor is None:
             raise ValueError("This classifier's encoder has no preprocessor: a text-in export needs one.")
-        _require_built(model)
-        label_names = [str(name) for name in (label_names or range(model.num_classes))]
-        if len(label_names) != model.num_classes:
-            raise ValueError(
-                f"{len(label_names)} label names for a classifier of num_classes={model.num_classes}: {label_names}"
-            )
+        require_built(model)
         self.model = model
         self.preprocessor = model.preprocessor
-        self.label_names = tf.constant(label_names)
+        self.label_names = label_names_tensor(model, label_names)
 
     def _classify(self, features):
-        logits = self.model(features, training=False)
-        label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return {
-            "label": tf.gather(self.label_names, label_id),
-            "label_id": label_id,
-            "probabilities": tf.nn.softmax(logits, axis=-1),
-        }
+        return classifier_outputs(self.model, self.label_names, features)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def classify(self, text):
@@ -219,7 +203,7 @@ class EncoderServingModule(tf.Module):
         super().__init__()
         if model.preprocessor is None:
             raise ValueError("This encoder has no preprocessor: a text-in export needs one.")
-        _require_built(model)
+        require_built(model)
         self.model = model
         self.preprocessor = model.preprocessor
 
@@ -245,7 +229,7 @@ class Seq2SeqServingModule(tf.Module):
         super().__init__()
         if model.source_tokenizer is None or model.target_tokenizer is None:
             raise ValueError("This seq2seq model has no tokenizer: a text-in, text-out export needs one.")
-        _require_built(model)
+        require_built(model)
         from tfzoo.generation import validate_beam_search
 
         validate_beam_search(beam_width, length_penalty)
@@ -322,7 +306,7 @@ def serving_module(model, label_names=None, xla=False):
         return GPTServingModule(model, xla=xla)
     if family == "classifier":
         return ClassifierServingModule(model, label_names)
-    return {"gpt": GPTServingModule, "seq2seq": Seq2SeqServingModule, "encoder": EncoderServingModule}[family](model)
+    return {"seq2seq": Seq2SeqServingModule, "encoder": EncoderServingModule}[family](model)
 
 
 def export_saved_model(model, export_root="savedmodels", name=None, version=None, overwrite=False, label_names=None,

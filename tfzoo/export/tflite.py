@@ -36,17 +36,12 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
+from tfzoo.export.common import classifier_outputs, label_names_tensor, require_built
 from tfzoo.export.layout import version_folder, write_models_config
 
 TFLITE_FILE = "model.tflite"
 TFLITE_INT8_FILE = "model_int8.tflite"
 QUANTIZATIONS = (None, "int8")
-STRINGS = tf.TensorSpec([None], tf.string)
-
-
-def _require_built(model):
-    if not model.built:
-        raise ValueError("The model is not built: train or call it once before exporting.")
 
 
 def tflite_text_generation(tokenizer):
@@ -128,7 +123,7 @@ class GPTLiteModule(tf.Module):
 
     def __init__(self, model, text_signature="auto"):
         super().__init__()
-        _require_built(model)
+        require_built(model)
         if text_signature not in ("auto", True, False):
             raise ValueError(f"`text_signature` must be 'auto', True or False. Received: text_signature={text_signature!r}")
         convertible = tflite_text_generation(model.tokenizer)
@@ -245,7 +240,7 @@ class _BertLiteModule(tf.Module):
         super().__init__()
         if model.preprocessor is None:
             raise ValueError(f"This {type(model).__name__} has no preprocessor: a text-in TFLite export needs one.")
-        _require_built(model)
+        require_built(model)
         self.model = model
         self.preprocessor = model.preprocessor
 
@@ -274,12 +269,7 @@ class ClassifierLiteModule(_BertLiteModule):
 
     def __init__(self, model, label_names=None):
         super().__init__(model)
-        label_names = [str(name) for name in (label_names or range(model.num_classes))]
-        if len(label_names) != model.num_classes:
-            raise ValueError(
-                f"{len(label_names)} label names for a classifier of num_classes={model.num_classes}: {label_names}"
-            )
-        self.label_names = tf.constant(label_names)
+        self.label_names = label_names_tensor(model, label_names)
         self.classify = tf.function(self._classify, input_signature=[tf.TensorSpec([None], tf.string, name="text")])
         self.classify_token_ids = self._token_ids_function(lambda token_ids: self._outputs(
             self._token_features(token_ids)))
@@ -288,13 +278,7 @@ class ClassifierLiteModule(_BertLiteModule):
         return self._outputs(self._features(text))
 
     def _outputs(self, features):
-        logits = self.model(features, training=False)
-        label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return {
-            "label": tf.gather(self.label_names, label_id),
-            "label_id": label_id,
-            "probabilities": tf.nn.softmax(logits, axis=-1),
-        }
+        return classifier_outputs(self.model, self.label_names, features)
 
     def signature_functions(self):
         return {"classify": self.classify, "classify_token_ids": self.classify_token_ids}
@@ -331,7 +315,7 @@ class TranslatorLiteModule(tf.Module):
         from tfzoo.text import SentencePieceTokenizer
 
         super().__init__()
-        _require_built(model)
+        require_built(model)
         for side, tokenizer in (("source", model.source_tokenizer), ("target", model.target_tokenizer)):
             if not isinstance(tokenizer, SentencePieceTokenizer):
                 raise ValueError(

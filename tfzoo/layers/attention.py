@@ -5,6 +5,7 @@ import contextvars
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 from tensorflow.python.ops import control_flow_util  # no public "am I compiled by XLA?" yet
 
@@ -89,6 +90,15 @@ def in_xla_function():
     import tensorflow as tf
 
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def empty_key_value_cache(num_blocks, batch_size, num_heads, length, head_dim, dtype):
+    """Zeroed caches for incremental decoding: one `(keys, values)` pair per block, each
+    `(batch, heads, length, head_dim)` (`batch_size` may be a tensor)."""
+    return tuple(
+        tuple(tf.zeros([batch_size, num_heads, length, head_dim], dtype=dtype) for _ in range(2))
+        for _ in range(num_blocks)
+    )
 
 
 def write_to_cache(cache, update, index, axis=2, cache_length=None):

@@ -17,20 +17,13 @@ from tfzoo.layers import PositionalEncoding, TransformerBlock
 from tfzoo.layers.attention import pack_tokens, unpack_tokens
 from tfzoo.layers.activations import deserialize_activation, get_activation, serialize_activation
 from tfzoo.models.presets import BERT_PRESETS, preset_arguments
+from tfzoo.saving import deserialize_entries
 from tfzoo.tracking import Untracked
 from tfzoo.validation import dropout_rate, positive_int
 
 # `encode` cuts the grid after its last real token, rounded up to a multiple of this, so
 # that batches of similar lengths share one compiled function.
 GRID_LENGTH_MULTIPLE = 32
-
-
-def _deserialize(config, *keys):
-    config = dict(config)
-    for key in keys:
-        if config.get(key) is not None:
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-    return config
 
 
 def _features(inputs):
@@ -320,7 +313,7 @@ class BertEncoder(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**_deserialize(config, "preprocessor"))
+        return cls(**deserialize_entries(config, "preprocessor"))
 
 
 def _mean_pool(sequence, padding_mask, normalize):
@@ -380,7 +373,7 @@ class _BertHead(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**_deserialize(config, "encoder"))
+        return cls(**deserialize_entries(config, "encoder"))
 
 
 @keras.saving.register_keras_serializable(package="tfzoo")

@@ -15,9 +15,10 @@ from tfzoo.generation import decode_loop, left_pad, next_token, sampler, validat
 from tfzoo.generation.decoding import detokenize_rows, round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place, on_tokens
 from tfzoo.layers.activations import deserialize_activation, serialize_activation
-from tfzoo.layers.attention import in_xla_function
+from tfzoo.layers.attention import empty_key_value_cache, in_xla_function
 from tfzoo.layers.normalization import normalize
 from tfzoo.models.presets import GPT_PRESETS, preset_arguments
+from tfzoo.saving import deserialize_entries
 from tfzoo.tracking import Untracked
 from tfzoo.validation import dropout_rate, positive_int, token_id_lists
 
@@ -214,11 +215,8 @@ class GPT(keras.Model):
     def empty_cache(self, batch_size, length):
         """Zeroed key/value caches: one `(keys, values)` pair per block, each
         `(batch, heads, length, head_dim)`."""
-        head_dim = self.hidden_dim // self.num_heads
-        return tuple(
-            tuple(tf.zeros([batch_size, self.num_heads, length, head_dim], dtype=self.compute_dtype) for _ in range(2))
-            for _ in self.blocks
-        )
+        return empty_key_value_cache(len(self.blocks), batch_size, self.num_heads, length,
+                                     self.hidden_dim // self.num_heads, self.compute_dtype)
 
     def prefill(self, token_ids, pad_counts, cache_length):
         """Runs left-padded prompts `(batch, prompt)` through the model, filling a new cache.
@@ -226,7 +224,7 @@ class GPT(keras.Model):
         Returns the logits of each prompt's last token `(batch, vocab)`, the caches, and
         the key padding mask over the whole cache.
         """
-        batch_size, prompt_length = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
+        batch_size = tf.shape(token_ids)[0]
         caches = self.empty_cache(batch_size, cache_length)
         key_mask = tf.range(cache_length)[None, :] >= pad_counts[:, None]  # (batch, cache)
         hidden, caches = self._hidden_states(
@@ -299,7 +297,7 @@ class GPT(keras.Model):
                 may have different lengths.
             max_new_tokens: the most tokens to add to each prompt.
             temperature: 0 for greedy decoding, otherwise the sampling temperature.
-            top_k: sample among the `top_k` most likely tokens.
+            top_k: sample among the `top_k` most likely tokens (more than the vocabulary keeps them all).
             top_p: sample among the most likely tokens whose probability reaches `top_p`.
             stop_token_ids: a prompt stops after one of these (not included in the
                 output). "auto" is the tokenizer's end-of-text token, if any.
@@ -400,7 +398,4 @@ class GPT(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if config.get("tokenizer") is not None:
-            config["tokenizer"] = keras.saving.deserialize_keras_object(config["tokenizer"])
-        return cls(**config)
+        return cls(**deserialize_entries(config, "tokenizer"))

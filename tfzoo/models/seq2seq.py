@@ -27,11 +27,12 @@ from tfzoo.generation.beam_search import beam_search, tile_for_beams, validate_b
 from tfzoo.generation.decoding import detokenize_rows, round_up
 from tfzoo.layers import PositionalEncoding, TransformerBlock, cache_writes_in_place
 from tfzoo.layers.activations import deserialize_activation, serialize_activation
+from tfzoo.layers.attention import empty_key_value_cache
+from tfzoo.saving import deserialize_entries
+from tfzoo.text.sentencepiece import END_ID, PAD_ID, START_ID  # the ids SentencePiece training reserves
 from tfzoo.tracking import Untracked
 from tfzoo.training.losses import checked_labels, smoothed_token_cross_entropy
 from tfzoo.validation import dropout_rate, positive_int, token_id_lists
-
-PAD_ID, START_ID, END_ID = 0, 2, 3
 
 SEQ2SEQ_PRESETS = {
     # Small enough for unit tests: builds and trains in seconds.
@@ -440,11 +441,8 @@ class Seq2SeqTransformer(keras.Model):
     def empty_cache(self, batch_size, length):
         """Zeroed decoder self-attention caches: one `(keys, values)` pair per block, each
         `(batch, heads, length, head_dim)`."""
-        head_dim = self.hidden_dim // self.num_heads
-        return tuple(
-            tuple(tf.zeros([batch_size, self.num_heads, length, head_dim], dtype=self.compute_dtype) for _ in range(2))
-            for _ in self.decoder_blocks
-        )
+        return empty_key_value_cache(len(self.decoder_blocks), batch_size, self.num_heads, length,
+                                     self.hidden_dim // self.num_heads, self.compute_dtype)
 
     def cross_attention_caches(self, encoder_outputs):
         """Each decoder block's cross-attention keys and values, computed once per source.
@@ -666,8 +664,4 @@ class Seq2SeqTransformer(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("source_tokenizer", "target_tokenizer"):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return cls(**deserialize_entries(config, "source_tokenizer", "target_tokenizer"))

@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from tfzoo.text.strings import accept_strings
 from tfzoo.validation import positive_int
 
 PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
@@ -96,9 +97,7 @@ class SentencePieceTokenizer(keras.layers.Layer):
     def __init__(self, proto=None, **kwargs):
         kwargs.setdefault("dtype", "int32")
         super().__init__(**kwargs)
-        # Preprocessing layers take strings and lists of them (as keras-hub's do).
-        self._convert_input_args = False
-        self._allow_non_tensor_positional_args = True
+        accept_strings(self)
         self.proto = None
         self.set_proto(proto)
 

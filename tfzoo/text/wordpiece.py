@@ -19,17 +19,12 @@ import keras_hub
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from tfzoo.saving import deserialize_entries
+from tfzoo.text.strings import accept_strings
 from tfzoo.tracking import Untracked
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCABULARY_FILE = "vocabulary.txt"
-
-
-def _accept_strings(layer):
-    # Keras layers expect float tensors as inputs; preprocessing layers take strings
-    # and lists of them. These are the switches keras-hub's own preprocessing sets.
-    layer._convert_input_args = False
-    layer._allow_non_tensor_positional_args = True
 
 
 def read_vocabulary(path):
@@ -88,7 +83,7 @@ class WordPieceTokenizer(keras.layers.Layer):
     def __init__(self, vocabulary=None, lowercase=True, **kwargs):
         kwargs.setdefault("dtype", "int32")
         super().__init__(**kwargs)
-        _accept_strings(self)
+        accept_strings(self)
         self.lowercase = lowercase
         self.vocabulary = None
         self.set_vocabulary(vocabulary)
@@ -204,7 +199,7 @@ class BertPreprocessor(keras.layers.Layer):
 
     def __init__(self, tokenizer, sequence_length=128, **kwargs):
         super().__init__(**kwargs)
-        _accept_strings(self)
+        accept_strings(self)
         if int(sequence_length) < 3:
             raise ValueError(f"`sequence_length` must be at least 3. Received: {sequence_length!r}")
         self.tokenizer = tokenizer
@@ -248,6 +243,4 @@ class BertPreprocessor(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["tokenizer"] = keras.saving.deserialize_keras_object(config["tokenizer"])
-        return cls(**config)
+        return cls(**deserialize_entries(config, "tokenizer"))
