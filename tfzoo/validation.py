@@ -3,9 +3,14 @@
 import numpy as np
 
 
+def is_integer(value):
+    """Whether `value` is a Python or NumPy integer (not a bool, not a float)."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
 def positive_int(name, value):
     """Returns `value` as an int, or raises if it is not an integer >= 1 (bools and floats included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_integer(value) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
     return int(value)
 

@@ -20,8 +20,9 @@ only fall as a hypothesis grows, so `best alive log P / penalty(max length)` bou
 every score it can still reach (for `length_penalty >= 0`).
 """
 
-import numpy as np
 import tensorflow as tf
+
+from tfzoo.validation import is_integer
 
 # A large negative log-probability for "no hypothesis here" (not -inf: inf - inf is NaN).
 NEGATIVE = -1.0e9
@@ -36,7 +37,7 @@ def validate_beam_search(beam_width, length_penalty):
     ...
     ValueError: `beam_width` must be an integer >= 1. Received: beam_width=0
     """
-    if isinstance(beam_width, bool) or not isinstance(beam_width, (int, np.integer)) or beam_width < 1:
+    if not is_integer(beam_width) or beam_width < 1:
         raise ValueError(f"`beam_width` must be an integer >= 1. Received: beam_width={beam_width!r}")
     if length_penalty is None or not float(length_penalty) >= 0.0:
         raise ValueError(

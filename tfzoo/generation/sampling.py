@@ -4,12 +4,9 @@ Written with plain TensorFlow ops so that they run inside a compiled (XLA) decod
 loop, in a SavedModel and in TFLite.
 """
 
-import numpy as np
 import tensorflow as tf
 
-
-def _is_integer(value):
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+from tfzoo.validation import is_integer
 
 
 def validate_sampling(max_new_tokens, temperature, top_k, top_p):
@@ -18,13 +15,13 @@ def validate_sampling(max_new_tokens, temperature, top_k, top_p):
     Returns `(max_new_tokens, temperature, top_k, top_p)` as Python numbers (NumPy
     integers become ints), so that they key compiled functions the same way.
     """
-    if not _is_integer(max_new_tokens) or max_new_tokens < 0:
+    if not is_integer(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"`max_new_tokens` must be an integer >= 0. Received: max_new_tokens={max_new_tokens!r}")
     if temperature is None or not float(temperature) >= 0.0:
         raise ValueError(
             f"`temperature` must be >= 0 (0 means greedy). Received: temperature={temperature!r}"
         )
-    if top_k is not None and (not _is_integer(top_k) or top_k < 1):
+    if top_k is not None and (not is_integer(top_k) or top_k < 1):
         raise ValueError(f"`top_k` must be an integer >= 1 or None. Received: top_k={top_k!r}")
     if top_p is not None and not 0.0 < float(top_p) <= 1.0:
         raise ValueError(f"`top_p` must be in (0, 1]. Received: top_p={top_p!r}")
@@ -38,7 +35,7 @@ def filter_top_k(logits, top_k):
     A `top_k` larger than the vocabulary keeps every token (as `tensor_sampler` does).
     """
     vocabulary_size = logits.shape[-1]
-    if _is_integer(top_k) and vocabulary_size is not None:
+    if is_integer(top_k) and vocabulary_size is not None:
         top_k = min(int(top_k), vocabulary_size)  # a Python int: XLA needs k known when compiling
     else:
         top_k = tf.minimum(top_k, tf.shape(logits)[-1])

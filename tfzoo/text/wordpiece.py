@@ -22,6 +22,7 @@ import tensorflow_text as tf_text
 from tfzoo.saving import deserialize_entries
 from tfzoo.text.strings import accept_strings
 from tfzoo.tracking import Untracked
+from tfzoo.validation import is_integer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCABULARY_FILE = "vocabulary.txt"
@@ -122,7 +123,7 @@ class WordPieceTokenizer(keras.layers.Layer):
     def id_to_token(self, token_id):
         self._require_vocabulary()
         # Checked: a negative id would index from the end of the list.
-        if isinstance(token_id, bool) or not 0 <= token_id < len(self.vocabulary):
+        if not is_integer(token_id) or not 0 <= token_id < len(self.vocabulary):
             raise ValueError(f"Token id {token_id!r} is outside [0, {len(self.vocabulary)}).")
         return self.vocabulary[int(token_id)]
 
