@@ -279,8 +279,9 @@ def command_translate(args):
             if value is not None:
                 raise ValueError(f"{option} does not apply to a SavedModel ({args.model}): the export fixed it. "
                                  "Drop it, or translate with the .keras model.")
-        if args.beam_width < 1:
-            raise ValueError(f"`beam_width` must be an integer >= 1. Received: beam_width={args.beam_width}")
+        from tfzoo.generation import validate_beam_search
+
+        validate_beam_search(args.beam_width, 0.0)  # the export's own length penalty applies
         if args.beam_width > 1:
             print("beam search with the export's own beam width and length penalty (translate_beam)", file=sys.stderr)
         translations = translate_with_saved_model(args.model, args.sentences, args.beam_width)
